@@ -29,9 +29,16 @@ every faasx provider.  Their names are stable (other providers import them):
     with the engine (``FAASX_WALLTIME_END``, epoch seconds at which the scheduler will end the job,
     computed when the script starts), ``FAASX_BLOCK_JOB_ID`` from the scheduler's job-id variable, and
     Parsl's ``PARSL_CORES`` / ``PARSL_MEMORY_GB`` when known.
+``BatchProvider``
+    Base class (Parsl's ``ClusterProvider`` + ``RepresentationMixin``) with the bookkeeping every
+    batch provider shares: submit-script paths, job tracking in ``self.resources``, a ``status()`` that
+    never raises and keeps the last known states when the scheduler does not answer, and a ``cancel()``
+    that reports per job whether it is gone.  Subclasses implement ``_query_status(job_ids)`` and
+    ``_cancel_argv(job_ids)``; see its docstring.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -39,9 +46,12 @@ import shutil
 import signal
 import subprocess
 import time
-from typing import Callable, Mapping, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence
 
+from parsl.jobs.states import JobState, JobStatus
+from parsl.providers.cluster_provider import ClusterProvider
 from parsl.providers.errors import ExecutionProviderException
+from parsl.utils import RepresentationMixin
 
 from faasx.errors import FaaSXError
 
@@ -50,6 +60,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CommandResult", "SchedulerCommandError", "CommandNotFound", "CommandTimeout",
     "run_command", "submit_command", "status_command", "walltime_to_seconds", "job_environment",
+    "format_walltime", "BatchProvider",
 ]
 
 # Which scheduler a command belongs to, for the "not found" hint.
@@ -240,3 +251,180 @@ def job_environment(walltime_seconds: int, job_id_var: Optional[str] = None, cor
     if mem_gb is not None:
         lines.append(f"export PARSL_MEMORY_GB={mem_gb}")
     return "\n".join(lines) + "\n"
+
+
+def format_walltime(seconds: int) -> str:
+    """Seconds to ``HH:MM:SS`` (hours may exceed 24), the form Slurm and PBS both accept."""
+    seconds = int(seconds)
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class BatchProvider(ClusterProvider, RepresentationMixin):
+    """What faasx's batch-scheduler providers share (subclass it; it is not a provider by itself).
+
+    Subclasses set the class attributes ``scheduler`` (``"Slurm"``) and ``job_id_var``
+    (``"SLURM_JOB_ID"``), call ``__init__`` with Parsl's ``ClusterProvider`` arguments plus ``bin_dir``,
+    and implement:
+
+    ``_query_status(job_ids) -> dict | None``
+        Ask the scheduler about these (non-terminal) jobs: a ``JobStatus`` per job it knows, or ``None``
+        when it could not be asked (use :func:`status_command`).  Jobs it does not know any more are
+        reported by ``_vanished_status`` (``COMPLETED`` with a message saying so).
+    ``_cancel_argv(job_ids) -> list``
+        The cancel command for these jobs.
+
+    ``self.resources`` maps job id to ``{'job_id', 'status', 'job_stdout_path', 'job_stderr_path'}`` as
+    in Parsl, so Parsl's executors see the same structure.
+    """
+
+    scheduler = "batch"
+    job_id_var: Optional[str] = None
+    status_tries = 3
+    status_backoff = 0.5
+    _counter = itertools.count()
+
+    def __init__(self, label, nodes_per_block, init_blocks, min_blocks, max_blocks, parallelism, walltime,
+                 launcher, cmd_timeout, bin_dir):
+        super().__init__(label, nodes_per_block, init_blocks, min_blocks, max_blocks, parallelism, walltime,
+                         launcher, cmd_timeout=cmd_timeout)
+        # Validate now: a typo in walltime should fail when the config is built, not at the first block.
+        self.walltime_seconds = walltime_to_seconds(walltime)
+        self.bin_dir = bin_dir
+        # Parsl's ExecutionProvider contract: these exist (None = not requested) on every provider.
+        if not hasattr(self, "cores_per_node"):
+            self.cores_per_node = None
+        if not hasattr(self, "mem_per_node"):
+            self.mem_per_node = None
+
+    # -- commands ---------------------------------------------------------------------------------
+    def _run(self, argv, **kw) -> CommandResult:
+        return run_command(argv, self.cmd_timeout, bin_dir=self.bin_dir, scheduler=self.scheduler, **kw)
+
+    def _submit(self, argv, job_name: str, **kw) -> CommandResult:
+        return submit_command(type(self).__name__, argv, self.cmd_timeout, job_name, bin_dir=self.bin_dir,
+                              scheduler=self.scheduler, **kw)
+
+    def _ask(self, argv, accept=None) -> Optional[CommandResult]:
+        return status_command(argv, self.cmd_timeout, tries=self.status_tries, backoff=self.status_backoff,
+                              accept=accept, bin_dir=self.bin_dir, scheduler=self.scheduler)
+
+    # -- submit-side helpers ----------------------------------------------------------------------
+    def _new_job_files(self, job_name: str):
+        """A unique job name and the absolute paths of its script, stdout and stderr files."""
+        if not self.script_dir:
+            # Standalone use (no executor set script_dir): the current directory is usually on the
+            # shared file system that compute nodes write their output to; /tmp often is not.
+            self.script_dir = os.path.abspath(os.path.join("runinfo", "faasx_submit_scripts"))
+        os.makedirs(self.script_dir, exist_ok=True)
+        name = f"{job_name}.{time.time():.3f}.{next(self._counter)}"
+        base = os.path.abspath(os.path.join(self.script_dir, name))
+        return name, base + ".submit", base + ".stdout", base + ".stderr"
+
+    def _write_script(self, path: str, text: str, job_name: str) -> None:
+        from faasx.errors import ScaleOutFailed
+        try:
+            with open(path, "w") as f:
+                f.write(text)
+        except OSError as e:
+            raise ScaleOutFailed(type(self).__name__, f"cannot write the submit script {path}: {e}",
+                                 job_name=job_name) from e
+
+    def _assemble_script(self, directives: List[str], command: str, tasks_per_node: int, job_name: str,
+                         cores=None, mem_gb=None) -> str:
+        """Directives, the user's scheduler_options, the faasx contract, worker_init, the launcher."""
+        parts = ["#!/bin/bash", *directives]
+        if self.scheduler_options.strip():  # last, so they override ours where the scheduler takes the last
+            parts.append(self.scheduler_options.strip())
+        # First thing the job runs: the end time must not drift by worker_init's duration.
+        parts += ["", job_environment(self.walltime_seconds, self.job_id_var, cores=cores, mem_gb=mem_gb).rstrip()]
+        if self.worker_init.strip():
+            parts += ["", self.worker_init.strip()]
+        parts += ["", f'export JOBNAME="{job_name}"', "",
+                  self.launcher(command, tasks_per_node, self.nodes_per_block, self.script_dir or "").rstrip(), ""]
+        return "\n".join(parts)
+
+    def _track(self, job_id: str, stdout_path: Optional[str], stderr_path: Optional[str]) -> None:
+        self.resources[job_id] = {"job_id": job_id, "job_stdout_path": stdout_path,
+                                  "job_stderr_path": stderr_path,
+                                  "status": JobStatus(JobState.PENDING, stdout_path=stdout_path,
+                                                      stderr_path=stderr_path)}
+
+    # -- status and cancel ------------------------------------------------------------------------
+    def _query_status(self, job_ids: List[str]) -> Optional[Dict[str, JobStatus]]:
+        raise NotImplementedError
+
+    def _cancel_argv(self, job_ids: List[str]) -> List[str]:
+        raise NotImplementedError
+
+    def _vanished_status(self, job_id: str) -> JobStatus:
+        # Gone from the scheduler's memory: it ended, but how is lost.  COMPLETED (terminal, not a
+        # failure) as in Parsl; MISSING would count as a block failure in Parsl's error handlers.
+        return JobStatus(JobState.COMPLETED, message=f"job {job_id} is no longer known to {self.scheduler}; "
+                         "it has ended (exit state unknown)")
+
+    def _status(self):  # ClusterProvider's abstract hook; status() does the work
+        self.status(list(self.resources))
+
+    def status(self, job_ids: Sequence[str]) -> List[JobStatus]:
+        """Status of each job; never raises: on scheduler trouble the last known states are returned."""
+        job_ids = [str(j) for j in job_ids]
+        for jid in job_ids:
+            if jid not in self.resources:  # submitted elsewhere (e.g. a previous run): ask about it too
+                self._track(jid, None, None)
+        active = [jid for jid, job in list(self.resources.items()) if not job["status"].terminal]
+        if active:
+            try:
+                found = self._query_status(active)
+            except Exception:
+                logger.exception("%s: status query failed; keeping the last known job states", self.label)
+                found = None
+            if found is not None:
+                for jid in active:
+                    job = self.resources[jid]
+                    new = found.get(jid) or self._vanished_status(jid)
+                    new.stdout_path = new.stdout_path or job["job_stdout_path"]
+                    new.stderr_path = new.stderr_path or job["job_stderr_path"]
+                    if new.state != job["status"].state:
+                        logger.debug("%s: job %s %s -> %s", self.label, jid, job["status"].state, new.state)
+                    job["status"] = new
+        return [self.resources[jid]["status"] for jid in job_ids]
+
+    def cancel(self, job_ids: Sequence[str]) -> List[bool]:
+        """Cancel jobs; per job, True when it is gone (cancelled now, or already ended)."""
+        job_ids = [str(j) for j in job_ids]
+        if not job_ids:
+            return []
+        try:
+            result = self._run(self._cancel_argv(job_ids))
+        except SchedulerCommandError as e:
+            logger.error("%s: cannot cancel jobs %s: %s", self.label, job_ids, e)
+            return [False] * len(job_ids)
+        if result.retcode == 0:
+            done = [True] * len(job_ids)
+        else:
+            # One bad id fails the whole command: find out which jobs are really still there.
+            logger.info("%s: %s exited %d (%s); checking each job", self.label, self._cancel_argv(job_ids)[0],
+                        result.retcode, result.stderr.strip())
+            done = [self._cancel_one(jid) for jid in job_ids]
+        for jid, ok in zip(job_ids, done):
+            if ok:
+                job = self.resources.setdefault(jid, {"job_id": jid, "job_stdout_path": None,
+                                                      "job_stderr_path": None})
+                job["status"] = JobStatus(JobState.CANCELLED, message="cancelled by faasx",
+                                          stdout_path=job["job_stdout_path"], stderr_path=job["job_stderr_path"])
+            else:
+                logger.error("%s: could not cancel job %s", self.label, jid)
+        return done
+
+    def _cancel_one(self, job_id: str) -> bool:
+        try:
+            if self._run(self._cancel_argv([job_id])).retcode == 0:
+                return True
+        except SchedulerCommandError:
+            return False
+        found = self._query_status([job_id])
+        return found is not None and (job_id not in found or found[job_id].terminal)
+
+    @property
+    def status_polling_interval(self) -> int:
+        return 60
