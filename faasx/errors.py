@@ -106,6 +106,23 @@ class VersionMismatch(FaaSXError):
         return (type(self), (self.component, self.ours, self.theirs))
 
 
+class FunctionExited(FaaSXError):
+    """The function tried to end its worker process (``sys.exit``, ``KeyboardInterrupt``...).
+
+    The worker caught it and stays alive; the task fails with this error instead.
+    """
+
+    def __init__(self, what: str, task_id: Optional[int] = None):
+        self.what = what
+        self.task_id = task_id
+        where = f"task {task_id}: " if task_id is not None else ""
+        super().__init__(f"{where}the function raised {what}, which would end its worker; faasx caught it. "
+                         "Fix: return a value or raise an ordinary exception instead.")
+
+    def __reduce__(self):
+        return (type(self), (self.what, self.task_id))
+
+
 class UnknownFunction(FaaSXError, KeyError):
     """A function id was submitted that was never registered with this executor."""
 
@@ -130,11 +147,12 @@ class RemoteExceptionError(FaaSXError):
 
     def __init__(self, remote_type: str, message: str, remote_traceback: str):
         self.remote_type = remote_type
+        self.message = message
         self.remote_traceback = remote_traceback
         super().__init__(f"{remote_type}: {message}\n\nRemote traceback:\n{remote_traceback}")
 
     def __reduce__(self):
-        return (type(self), (self.remote_type, self.args[0], self.remote_traceback))
+        return (type(self), (self.remote_type, self.message, self.remote_traceback))
 
 
 

@@ -1,0 +1,445 @@
+"""faasx-manager: one per node; registers with the interchange and runs tasks on a pool of workers.
+
+A block's launcher starts this on each node.  The manager is a single-threaded event loop over two
+sockets -- a DEALER to the interchange (TCP, CurveZMQ when the executor is encrypted) and a ROUTER
+for its workers (``ipc://`` in a private directory) -- plus a periodic check of its worker
+processes.  It never runs user code, so it can always answer heartbeats.
+
+* Capacity: it asks the interchange for up to workers + prefetch tasks (``WorkerTable.prefetch``)
+  and hands them to workers in adaptive batches.
+* Workers that die are restarted; the tasks they held are reported as WORKER_LOST so the interchange
+  can re-dispatch them.
+* Liveness: heartbeats to the interchange every ``heartbeat_period``; if the interchange is silent
+  for ``heartbeat_threshold`` the manager stops its workers and exits.
+* Walltime: when the job's end (``FAASX_WALLTIME_END``, exported by faasx's providers) is near, the
+  manager drains -- asks for nothing more, finishes what it has, says BYE and exits.  On SIGTERM
+  (scheduler cancelling the job) it says BYE listing the tasks it held, so they are re-dispatched at
+  once instead of after a heartbeat timeout.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from typing import Dict, List, Optional
+
+import psutil
+import zmq
+
+from faasx.executor import protocol as P
+from faasx.executor.processes import command, set_process_name
+from faasx.executor.worker_table import WorkerTable
+
+logger = logging.getLogger("faasx.manager")
+
+ACCELERATOR_VARS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK")
+WORKER_CHECK_PERIOD = 0.1
+CAPACITY_UPDATE_PERIOD = 0.1
+
+
+def worker_count(max_workers_per_node: Optional[float], cores_per_worker: float, mem_per_worker: Optional[float],
+                 accelerators: List[str], cores: Optional[int] = None, mem_gb: Optional[float] = None) -> int:
+    """How many workers fit on this node (the smallest of every bound that applies, at least 1)."""
+    cores = cores if cores is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                             else os.cpu_count() or 1)
+    bounds = [math.floor(cores / cores_per_worker) if cores_per_worker > 0 else math.inf]
+    if max_workers_per_node is not None and max_workers_per_node != math.inf:
+        bounds.append(int(max_workers_per_node))
+    if mem_per_worker:
+        mem_gb = mem_gb if mem_gb is not None else psutil.virtual_memory().available / 2**30
+        bounds.append(math.floor(mem_gb / mem_per_worker))
+    if accelerators:
+        bounds.append(len(accelerators))
+    return max(1, int(min(bounds)))
+
+
+class Manager:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.block_id = args.block_id
+        self.hostname = socket.gethostname()
+        self.mid = f"{self.hostname}-{os.getpid()}-{uuid.uuid4().hex[:6]}".encode()
+        self.accelerators = [a for a in (args.accelerators or "").split(",") if a]
+        self.n_workers = worker_count(args.max_workers_per_node, args.cores_per_worker, args.mem_per_worker,
+                                      self.accelerators)
+        self.table = WorkerTable(args.prefetch_capacity)
+        self.procs: Dict[int, subprocess.Popen] = {}
+        self.restarts: Dict[int, int] = {}
+        self.next_wid = 0
+        self.codes: Dict[bytes, bytes] = {}
+        self.running = True
+        self.draining = False
+        self.drain_reason = ""
+        self.terminate_reason = ""
+        self.advertised_prefetch = -1
+        self.malformed = 0
+        self.start_time = time.time()
+        self.drain_at = self._drain_deadline()
+
+        self.ctx = zmq.Context(io_threads=1)
+        self.ic = self.ctx.socket(zmq.DEALER)
+        self.ic.setsockopt(zmq.LINGER, 0)
+        self.ic.setsockopt(zmq.IDENTITY, self.mid)
+        self.ic.setsockopt(zmq.SNDHWM, 0)
+        self.ic.setsockopt(zmq.RCVHWM, 0)
+        if args.max_payload_size:
+            self.ic.setsockopt(zmq.MAXMSGSIZE, args.max_payload_size + (16 << 20))
+        if args.cert_dir:
+            from faasx.executor.security import configure_client
+            configure_client(self.ic, args.cert_dir)
+        self.ipc_dir = tempfile.mkdtemp(prefix="faasx-mgr-")
+        self.worker_url = f"ipc://{self.ipc_dir}/workers"
+        self.workers = self.ctx.socket(zmq.ROUTER)
+        self.workers.setsockopt(zmq.LINGER, 0)
+        self.workers.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.workers.setsockopt(zmq.SNDHWM, 0)
+        self.workers.setsockopt(zmq.RCVHWM, 0)
+        self.workers.bind(self.worker_url)
+
+    def _drain_deadline(self) -> float:
+        deadlines = []
+        if self.args.drain_period:
+            deadlines.append(self.start_time + self.args.drain_period)
+        end = os.environ.get("FAASX_WALLTIME_END")
+        if end:
+            try:
+                end_t = float(end)
+                margin = min(self.args.drain_margin, max(0.0, end_t - self.start_time) * 0.25)
+                deadlines.append(end_t - margin)
+            except ValueError:
+                logger.warning("ignoring malformed FAASX_WALLTIME_END=%r", end)
+        return min(deadlines) if deadlines else math.inf
+
+    # ---- workers -----------------------------------------------------------------------------
+    def start_worker(self) -> None:
+        wid = self.next_wid
+        self.next_wid += 1
+        env = dict(os.environ)
+        if self.accelerators:
+            device = self.accelerators[wid % len(self.accelerators)]
+            for var in ACCELERATOR_VARS:
+                env[var] = device
+        env["FAASX_WORKER_ID"] = str(wid)
+        env["FAASX_MANAGER_ID"] = self.mid.decode()
+        env["FAASX_BLOCK_ID"] = str(self.block_id)
+        log_base = os.path.join(self.args.logdir, f"worker_{self.mid.decode()}_{wid}")
+        argv = command("faasx-worker", "faasx.executor.worker") + [
+            "--url", self.worker_url, "--worker-id", str(wid), "--manager-pid", str(os.getpid()),
+            "--max-payload-size", str(self.args.max_payload_size), "--log-file", log_base + ".log"]
+        if self.args.debug:
+            argv.append("--debug")
+        with open(log_base + ".out", "ab") as out:
+            # own session: at shutdown we kill the worker's whole process group, children included
+            self.procs[wid] = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                               stderr=subprocess.STDOUT, start_new_session=True)
+        self.table.add(wid)
+        logger.info("started worker %d (pid %d)%s", wid, self.procs[wid].pid,
+                    f" on accelerator {env['CUDA_VISIBLE_DEVICES']}" if self.accelerators else "")
+
+    def check_workers(self, results: list, payloads: list) -> None:
+        for wid, proc in list(self.procs.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del self.procs[wid]
+            lost = self.table.remove(wid)
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            logger.error("worker %d (pid %d) %s while holding %d task(s): %s", wid, proc.pid, how, len(lost),
+                         [t[0] for t in lost])
+            for task in lost:
+                results.append([task[0], P.WORKER_LOST])
+                payloads.append(P.failure_payload(
+                    "WorkerLost", f"task {task[0]}: worker {wid} (pid {proc.pid}) on {self.hostname} {how} while "
+                    "running it. If the function crashes the interpreter (segfault, os._exit, out of memory), "
+                    "fix it or give it more memory (mem_per_worker).", 0))
+            if self.running and not self.draining:
+                self.restarts[wid] = self.restarts.get(wid, 0) + 1
+                self.start_worker()
+
+    def stop_workers(self, grace: float = 2.0) -> None:
+        for wid in list(self.table.slots):
+            try:
+                self.workers.send_multipart([b"w%d" % wid] + P.pack(P.SHUTDOWN, {}), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        deadline = time.monotonic() + grace
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for proc in self.procs.values():
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
+        self.procs.clear()
+
+    # ---- main loop ---------------------------------------------------------------------------
+    def connect(self) -> bool:
+        addresses = [a for a in self.args.addresses.split(",") if a]
+        address = probe_addresses(addresses, self.args.port, self.args.address_probe_timeout)
+        if address is None:
+            logger.error("could not reach the interchange on port %d at any of %s within %ss. Fix: give the "
+                         "executor an address the compute nodes can reach (address=...), or check firewalls.",
+                         self.args.port, addresses, self.args.address_probe_timeout)
+            return False
+        url = f"tcp://{address}:{self.args.port}"
+        self.ic.connect(url)
+        register = {
+            "manager_id": self.mid.decode(), "block_id": str(self.block_id), "hostname": self.hostname,
+            "pid": os.getpid(), "workers": self.n_workers, "prefetch": self.table.prefetch(),
+            "versions": P.versions(), "token": self.args.token, "accelerators": self.accelerators,
+        }
+        self.ic.send_multipart(P.pack(P.REGISTER, register))
+        logger.info("registering with the interchange at %s as %s (block %s, %d workers)", url, self.mid.decode(),
+                    self.block_id, self.n_workers)
+        if not self.ic.poll(int(self.args.heartbeat_threshold * 1000)):
+            logger.error("the interchange at %s did not answer the registration within %ss", url,
+                         self.args.heartbeat_threshold)
+            return False
+        msg_type, body, _ = P.unpack(self.ic.recv_multipart())
+        if msg_type == P.REFUSED:
+            logger.error("the interchange refused this manager: %s", (body or {}).get("reason"))
+            return False
+        if msg_type != P.REGISTERED:
+            logger.error("unexpected reply to registration: %s", P.TYPE_NAMES.get(msg_type))
+            return False
+        self.advertised_prefetch = register["prefetch"]
+        return True
+
+    def run(self) -> int:
+        # workers boot (~0.1 s of imports) while the registration round trip is under way
+        for _ in range(self.n_workers):
+            self.start_worker()
+        if not self.connect():
+            self.stop_workers(grace=0)
+            self.ic.close(0)
+            self.workers.close(0)
+            self.ctx.term()
+            shutil.rmtree(self.ipc_dir, ignore_errors=True)
+            return 1
+        poller = zmq.Poller()
+        poller.register(self.ic, zmq.POLLIN)
+        poller.register(self.workers, zmq.POLLIN)
+        hb_period = self.args.heartbeat_period
+        threshold = self.args.heartbeat_threshold
+        now = time.monotonic()
+        last_ic = last_hb = last_check = last_capacity = now
+        results: list = []
+        payloads: list = []
+        ic_sock, w_sock = self.ic, self.workers
+        while self.running:
+            timeout = 0 if self.table.queue and self._idle_worker_exists() else WORKER_CHECK_PERIOD * 1000
+            events = dict(poller.poll(timeout))
+            now = time.monotonic()
+            if ic_sock in events:
+                last_ic = now
+                for _ in range(1000):
+                    try:
+                        frames = ic_sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self.handle_interchange(frames)
+            if w_sock in events:
+                for _ in range(10000):
+                    try:
+                        frames = w_sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self.handle_worker(frames, results, payloads, now)
+            if now - last_check >= WORKER_CHECK_PERIOD:
+                last_check = now
+                self.check_workers(results, payloads)
+                if time.time() >= self.drain_at and not self.draining:
+                    self.start_drain("the block's walltime is nearly over" if os.environ.get("FAASX_WALLTIME_END")
+                                     else f"drain_period of {self.args.drain_period}s reached")
+            self.dispatch_to_workers(now)
+            if results:
+                ic_sock.send_multipart(P.pack(P.RESULTS, results, payloads))
+                results, payloads = [], []
+            if now - last_capacity >= CAPACITY_UPDATE_PERIOD and not self.draining:
+                last_capacity = now
+                self.update_capacity()
+            if now - last_hb >= hb_period:
+                last_hb = now
+                ic_sock.send_multipart(P.pack(P.HEARTBEAT, {"held": self.table.held()}))
+            if now - last_ic > threshold:
+                logger.error("the interchange has been silent for %.1fs (heartbeat_threshold %ss); it is gone. "
+                             "Stopping workers and exiting.", now - last_ic, threshold)
+                self.terminate_reason = "interchange lost"
+                self.running = False
+            if self.draining and self.table.held() == 0:
+                logger.info("drained (%s): no tasks left; exiting", self.drain_reason)
+                self.running = False
+        return self.shutdown()
+
+    def _idle_worker_exists(self) -> bool:
+        return any(s.ready and not s.tasks for s in self.table.slots.values())
+
+    def handle_interchange(self, frames) -> None:
+        try:
+            msg_type, body, payloads = P.unpack(frames)
+            if msg_type == P.TASKS:
+                records = P.check_tasks(body, payloads)
+                self.table.enqueue([(r[0], r[1], r[2], r[3], payloads[i]) for i, r in enumerate(records)])
+                if self.args.debug:
+                    logger.debug("received tasks %s", [r[0] for r in records])
+            elif msg_type == P.FUNCS:
+                for fid, code in zip(P.check_funcs(body, payloads), payloads):
+                    self.codes[fid] = code
+            elif msg_type == P.HEARTBEAT:
+                pass
+            elif msg_type == P.HOLD:
+                self.start_drain("the executor is scaling in this block", notify=False)
+            elif msg_type in (P.SHUTDOWN, P.REFUSED):
+                reason = (body or {}).get("reason", "the executor is shutting down") if isinstance(body, dict) else ""
+                logger.info("the interchange asked this manager to exit: %s", reason)
+                self.terminate_reason = reason or "shutdown requested"
+                self.running = False
+            else:
+                raise P.ProtocolError(f"unexpected {P.TYPE_NAMES[msg_type]} message")
+        except P.ProtocolError as e:
+            self.malformed += 1
+            logger.error("dropped malformed message from the interchange: %s", e)
+
+    def handle_worker(self, frames, results: list, payloads: list, now: float) -> None:
+        ident = frames[0]
+        try:
+            wid = int(ident[1:]) if ident[:1] == b"w" else -1
+            msg_type, body, data = P.unpack(frames[1:])
+            if msg_type == P.RESULTS:
+                recs = P.check_results(body, data)
+                self.table.done(wid, [r[0] for r in recs], now)
+                results.extend(recs)
+                payloads.extend(data)
+            elif msg_type == P.READY:
+                if not self.table.mark_ready(wid):
+                    raise P.ProtocolError(f"READY from unknown worker {ident!r}")
+            else:
+                raise P.ProtocolError(f"unexpected {P.TYPE_NAMES[msg_type]} message")
+        except (P.ProtocolError, ValueError) as e:
+            self.malformed += 1
+            logger.error("dropped malformed message from worker %r: %s", ident, e)
+
+    def dispatch_to_workers(self, now: float) -> None:
+        for slot, batch in self.table.assign(now):
+            ident = b"w%d" % slot.wid
+            missing = [t[1] for t in batch if t[1] not in slot.fids]
+            try:
+                if missing:
+                    fids = list(dict.fromkeys(missing))
+                    have = [f for f in fids if f in self.codes]
+                    self.workers.send_multipart([ident] + P.pack(P.FUNCS, have, [self.codes[f] for f in have]))
+                    slot.fids.update(have)
+                self.workers.send_multipart([ident] + P.pack(P.TASKS, [[t[0], t[1], t[2], t[3]] for t in batch],
+                                                              [t[4] for t in batch]))
+            except zmq.ZMQError as e:
+                # the worker's socket is gone; check_workers will report its tasks lost
+                logger.warning("could not send to worker %d: %s", slot.wid, e)
+
+    def update_capacity(self) -> None:
+        prefetch = self.table.prefetch()
+        old = self.advertised_prefetch
+        if prefetch != old and (old <= 0 or abs(prefetch - old) > 0.25 * old):
+            self.advertised_prefetch = prefetch
+            self.ic.send_multipart(P.pack(P.HEARTBEAT, {"held": self.table.held(),
+                                                        "capacity": self.n_workers + prefetch}))
+
+    def start_drain(self, reason: str, notify: bool = True) -> None:
+        self.draining = True
+        self.drain_reason = reason
+        logger.info("draining: %s; finishing %d held task(s)", reason, self.table.held())
+        if notify:
+            self.ic.send_multipart(P.pack(P.DRAIN, {"reason": reason}))
+
+    def shutdown(self) -> int:
+        held = self.table.all_tids()
+        self.stop_workers()
+        try:
+            self.ic.send_multipart(P.pack(P.BYE, {"reason": self.terminate_reason or self.drain_reason or "exit",
+                                                  "lost": held}), zmq.NOBLOCK)
+            # give the BYE a moment to leave before the context is torn down
+            self.ic.setsockopt(zmq.LINGER, 500)
+        except zmq.ZMQError:
+            pass
+        self.ic.close()
+        self.workers.close(0)
+        self.ctx.term()
+        shutil.rmtree(self.ipc_dir, ignore_errors=True)
+        logger.info("manager %s exited (%s); %d task(s) were still held", self.mid.decode(),
+                    self.terminate_reason or self.drain_reason or "exit", len(held))
+        return 0
+
+
+def probe_addresses(addresses: List[str], port: int, timeout: float) -> Optional[str]:
+    """The first of ``addresses`` on which ``port`` accepts a TCP connection, trying all in turn until
+    ``timeout``; a single address is returned untried (ZeroMQ retries the connection itself)."""
+    if len(addresses) == 1:
+        return addresses[0]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for address in addresses:
+            try:
+                with socket.create_connection((address, port), timeout=0.5):
+                    return address
+            except OSError:
+                continue
+        time.sleep(0.2)
+    return None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="faasx-manager", description="faasx per-node manager")
+    parser.add_argument("--addresses", required=True, help="comma-separated interchange addresses to try")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--block-id", default="0")
+    parser.add_argument("--token", default="")
+    parser.add_argument("--logdir", default=".")
+    parser.add_argument("--max-workers-per-node", type=float, default=None)
+    parser.add_argument("--cores-per-worker", type=float, default=1.0)
+    parser.add_argument("--mem-per-worker", type=float, default=None)
+    parser.add_argument("--accelerators", default="")
+    parser.add_argument("--prefetch-capacity", type=int, default=None)
+    parser.add_argument("--heartbeat-period", type=float, default=5.0)
+    parser.add_argument("--heartbeat-threshold", type=float, default=30.0)
+    parser.add_argument("--drain-period", type=float, default=None)
+    parser.add_argument("--drain-margin", type=float, default=60.0)
+    parser.add_argument("--address-probe-timeout", type=float, default=30.0)
+    parser.add_argument("--max-payload-size", type=int, default=1 << 30)
+    parser.add_argument("--cert-dir", default=None)
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    set_process_name("faasx-manager")
+    os.makedirs(args.logdir, exist_ok=True)
+    logging.basicConfig(
+        filename=os.path.join(args.logdir, f"manager_{args.block_id}_{socket.gethostname()}_{os.getpid()}.log"),
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    manager = Manager(args)
+
+    def on_term(signum, _frame):
+        manager.terminate_reason = f"received {signal.Signals(signum).name} (job cancelled or walltime over)"
+        manager.running = False
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    try:
+        return manager.run()
+    except Exception:
+        logger.exception("manager crashed")
+        manager.stop_workers(grace=0)
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,454 @@
+"""``FaaSExecutor``: the faasx engine as a Parsl executor (a ``BlockProviderExecutor``)."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+import shlex
+import threading
+from concurrent.futures import Future
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import psutil
+from parsl.executors.status_handling import BlockProviderExecutor
+from parsl.jobs.states import TERMINAL_STATES, JobState, JobStatus
+from parsl.providers.base import ExecutionProvider
+from parsl.utils import RepresentationMixin
+from typeguard import typechecked
+
+from faasx.errors import PayloadTooLarge, UnknownFunction
+from faasx.executor import protocol as P
+from faasx.executor.client import EngineClient, TaskFuture
+from faasx.executor.registry import FunctionRegistry
+from faasx.executor.serialization import serialize
+
+logger = logging.getLogger("faasx.executor")
+
+# Keys a task's resource specification may carry (Parsl's parsl_resource_specification).
+ACCEPTED_RESOURCE_KEYS = frozenset({"priority", "gpus", "cores", "memory", "container", "memoize"})
+LOOPBACK = ("127.", "::1", "localhost")
+
+
+def local_addresses() -> List[str]:
+    """IPv4 addresses of this host, loopback last (what managers on other nodes may reach)."""
+    found = []
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family.name == "AF_INET" and a.address not in found:
+                found.append(a.address)
+    return sorted(found, key=lambda a: a.startswith("127."))
+
+
+def is_loopback(address: str) -> bool:
+    return address.startswith(LOOPBACK)
+
+
+class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
+    """The faasx engine as a Parsl executor: a drop-in for ``HighThroughputExecutor``.
+
+    Tasks go from this object to an interchange process, which routes them to one manager per
+    node; each manager runs a pool of worker processes.  Blocks of nodes come from ``provider``.
+
+    Parameters
+    ----------
+    label : str
+        Unique name of the executor (Parsl apps select executors by label).
+    provider : ExecutionProvider
+        Where blocks come from (``faasx.providers``, or any Parsl provider).  Default: one local block.
+    launch_cmd : str
+        Command that starts a manager on a node; ``{block_id}`` is filled in per block.  Default:
+        ``faasx-manager`` with this executor's options.
+    address : str
+        Address the managers connect to.  Default: loopback for a local provider, otherwise every
+        address of this host (managers probe them and use the first that answers).
+    loopback_address : str
+        Address of the client <-> interchange connection, which never leaves this host.
+    worker_port, worker_port_range, interchange_port_range :
+        Ports for the managers' connection (a fixed port, or a range to pick from) and the client's.
+    storage_access : list
+        Parsl staging providers, as for HTEX.
+    working_dir : str
+        Parsl's working directory for staged files (assignable, as Parsl expects).
+    worker_debug : bool
+        Log every task id at every hop (submit, dispatch, run, result) in every component's log.
+    cores_per_worker, mem_per_worker (GB), max_workers_per_node :
+        Workers per node = the smallest of max_workers_per_node, cores / cores_per_worker,
+        memory / mem_per_worker and the number of accelerators.
+    available_accelerators : int or list of str
+        Devices to pin workers to, one per worker (``CUDA_VISIBLE_DEVICES``,
+        ``ROCR_VISIBLE_DEVICES``, ``ZE_AFFINITY_MASK``).  An int n means devices "0".."n-1".
+    prefetch_capacity : int or None
+        Tasks a manager queues beyond one per worker.  None (default) adapts to task duration:
+        deep for sub-millisecond tasks, none for long ones.
+    heartbeat_period, heartbeat_threshold : float (seconds)
+        Liveness in both directions: a manager silent for heartbeat_threshold is declared lost and
+        its tasks re-dispatched; a manager whose interchange is silent that long exits.
+    drain_period : float
+        Seconds after a manager starts at which it drains and exits (as in HTEX).
+    drain_margin : float
+        A manager drains this many seconds before its job's walltime ends (providers export it).
+    max_retries_on_system_failure : int
+        How often a task whose worker or manager was lost is re-dispatched before its future fails
+        with ``WorkerLost`` / ``ManagerLost``.
+    max_payload_size : int (bytes)
+        Largest accepted serialized arguments or result of one task.
+    encrypted : bool or None
+        CurveZMQ on the manager connection.  None: on unless every address is loopback.
+    block_error_handler : bool or callable
+        As in Parsl: True fails the executor when every block has failed.
+    address_probe_timeout : float
+        How long a manager tries the candidate addresses.
+    worker_logdir_root : str
+        Where managers and workers write their logs (default: this executor's run directory).
+    remote_monitoring_radio :
+        Parsl monitoring radio for resource monitoring of tasks (None: Parsl's filesystem radio).
+    """
+
+    @typechecked
+    def __init__(self,
+                 label: str = "FaaSExecutor",
+                 provider: Optional[ExecutionProvider] = None,
+                 launch_cmd: Optional[str] = None,
+                 address: Optional[str] = None,
+                 loopback_address: str = "127.0.0.1",
+                 worker_port: Optional[int] = None,
+                 worker_port_range: Optional[Tuple[int, int]] = (54000, 55000),
+                 interchange_port_range: Optional[Tuple[int, int]] = (55000, 56000),
+                 storage_access: Optional[List[Any]] = None,
+                 working_dir: Optional[str] = None,
+                 worker_debug: bool = False,
+                 cores_per_worker: float = 1.0,
+                 mem_per_worker: Optional[float] = None,
+                 max_workers_per_node: Optional[Union[int, float]] = None,
+                 available_accelerators: Union[int, Sequence[str]] = (),
+                 prefetch_capacity: Optional[int] = None,
+                 heartbeat_period: float = 5.0,
+                 heartbeat_threshold: float = 30.0,
+                 drain_period: Optional[float] = None,
+                 drain_margin: float = 60.0,
+                 max_retries_on_system_failure: int = 2,
+                 max_payload_size: int = 512 * 2**20,
+                 encrypted: Optional[bool] = None,
+                 block_error_handler: Union[bool, Callable] = True,
+                 address_probe_timeout: float = 30.0,
+                 worker_logdir_root: Optional[str] = None,
+                 remote_monitoring_radio: Optional[Any] = None):
+        if provider is None:
+            from faasx.providers import LocalProvider
+            provider = LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1)
+        BlockProviderExecutor.__init__(self, provider=provider, block_error_handler=block_error_handler)
+        if heartbeat_period <= 0 or heartbeat_threshold <= heartbeat_period:
+            raise ValueError(f"heartbeat_threshold ({heartbeat_threshold}) must exceed heartbeat_period "
+                             f"({heartbeat_period}) > 0")
+        if max_retries_on_system_failure < 0:
+            raise ValueError("max_retries_on_system_failure must be >= 0")
+        if prefetch_capacity is not None and prefetch_capacity < 0:
+            raise ValueError("prefetch_capacity must be >= 0 (or None for adaptive)")
+        if cores_per_worker <= 0:
+            raise ValueError("cores_per_worker must be > 0")
+        self.label = label
+        self.launch_cmd = launch_cmd
+        self.address = address
+        self.loopback_address = loopback_address
+        self.worker_port = worker_port
+        self.worker_port_range = worker_port_range
+        self.interchange_port_range = interchange_port_range
+        self.storage_access = storage_access
+        self.working_dir = working_dir
+        self.worker_debug = worker_debug
+        self.cores_per_worker = cores_per_worker
+        self.mem_per_worker = mem_per_worker
+        self.max_workers_per_node = max_workers_per_node
+        if isinstance(available_accelerators, int):
+            accelerators = [str(i) for i in range(available_accelerators)]
+        else:
+            accelerators = [str(a) for a in available_accelerators]
+        self.available_accelerators = accelerators
+        self.prefetch_capacity = prefetch_capacity
+        self.heartbeat_period = heartbeat_period
+        self.heartbeat_threshold = heartbeat_threshold
+        self.drain_period = drain_period
+        self.drain_margin = drain_margin
+        self.max_retries_on_system_failure = max_retries_on_system_failure
+        self.max_payload_size = max_payload_size
+        self.encrypted = encrypted
+        self.address_probe_timeout = address_probe_timeout
+        self.worker_logdir_root = worker_logdir_root
+        self.remote_monitoring_radio = remote_monitoring_radio
+        if remote_monitoring_radio is None:
+            from parsl.monitoring.radios.filesystem import FilesystemRadio
+            self.remote_monitoring_radio = FilesystemRadio()
+        self._workers_per_node = self._estimate_workers_per_node()
+        self._client: Optional[EngineClient] = None
+        self._registry = FunctionRegistry()
+        self._strategy_init_pending = False
+        self._lock = threading.Lock()
+        self.run_dir = "."
+
+    # ---- sizing ------------------------------------------------------------------------------
+    def _estimate_workers_per_node(self) -> int:
+        bounds = [math.inf if self.max_workers_per_node is None else self.max_workers_per_node]
+        cores = getattr(self.provider, "cores_per_node", None)
+        if cores:
+            bounds.append(math.floor(cores / self.cores_per_worker))
+        mem = getattr(self.provider, "mem_per_node", None)
+        if mem and self.mem_per_worker:
+            bounds.append(math.floor(mem / self.mem_per_worker))
+        if self.available_accelerators:
+            bounds.append(len(self.available_accelerators))
+        n = min(bounds)
+        if n == math.inf:
+            # the manager will size itself from the node's cores; for a local block we know them
+            n = max(1, math.floor((os.cpu_count() or 1) / self.cores_per_worker))
+        return max(1, int(n))
+
+    @property
+    def workers_per_node(self) -> Union[int, float]:
+        return self._workers_per_node
+
+    @property
+    def logdir(self) -> str:
+        return os.path.join(self.run_dir, self.label)
+
+    @property
+    def worker_logdir(self) -> str:
+        if self.worker_logdir_root is not None:
+            return os.path.join(self.worker_logdir_root, self.label)
+        return self.logdir
+
+    # ---- start -------------------------------------------------------------------------------
+    def _manager_addresses(self) -> Tuple[List[str], str]:
+        """(addresses managers try, address the interchange binds)."""
+        if self.address:
+            return [self.address], (self.loopback_address if is_loopback(self.address) else "*")
+        from faasx.providers import LocalProvider as FaaSXLocal
+        from parsl.providers import LocalProvider as ParslLocal
+        launcher = getattr(self.provider, "launcher", None)
+        single_node = launcher is None or type(launcher).__name__ in ("SingleNodeLauncher", "SimpleLauncher")
+        if isinstance(self.provider, (FaaSXLocal, ParslLocal)) and single_node:
+            return [self.loopback_address], self.loopback_address
+        return local_addresses(), "*"
+
+    def start(self) -> None:
+        super().start()
+        os.makedirs(self.logdir, exist_ok=True)
+        if getattr(self.provider, "script_dir", "unset") is None:
+            self.provider.script_dir = os.path.join(self.logdir, "submit_scripts")
+            os.makedirs(self.provider.script_dir, exist_ok=True)
+        addresses, bind = self._manager_addresses()
+        encrypted = self.encrypted if self.encrypted is not None else not all(is_loopback(a) for a in addresses)
+        cert_dir = None
+        if encrypted:
+            from faasx.executor.security import create_keys
+            cert_dir = create_keys(self.logdir)
+        self._token = secrets.token_hex(16)
+        self._client = EngineClient(label=self.label, logdir=self.logdir, token=self._token,
+                                    heartbeat_period=self.heartbeat_period,
+                                    heartbeat_threshold=self.heartbeat_threshold,
+                                    max_payload_size=self.max_payload_size, debug=self.worker_debug,
+                                    on_fatal=self._on_fatal)
+        ports = self._client.start({
+            "loopback_address": self.loopback_address, "bind_address": bind,
+            "client_port_range": self.interchange_port_range, "worker_port_range": self.worker_port_range,
+            "worker_port": self.worker_port, "max_retries": self.max_retries_on_system_failure,
+            "cert_dir": cert_dir,
+        })
+        self._launch_template = self._build_launch_cmd(addresses, ports["manager_port"], cert_dir)
+        logger.info("executor %s: interchange up (manager port %d on %s); launch command: %s", self.label,
+                    ports["manager_port"], bind, self._launch_template)
+        # Provision the initial blocks now rather than at the first strategy tick (up to
+        # strategy_period later): that wait is most of HTEX's cold start.  Parsl's strategy still
+        # asks for init_blocks once, on its first run; scale_out_facade skips that one request.
+        if self.provider.init_blocks > 0:
+            super().scale_out_facade(self.provider.init_blocks)
+            self._strategy_init_pending = True
+
+    def _build_launch_cmd(self, addresses: List[str], port: int, cert_dir: Optional[str]) -> str:
+        if self.launch_cmd is not None:
+            return self.launch_cmd
+        opts = [
+            "faasx-manager",
+            "--addresses", ",".join(addresses), "--port", str(port), "--block-id", "{block_id}",
+            "--token", self._token, "--logdir", self.worker_logdir,
+            "--cores-per-worker", repr(float(self.cores_per_worker)),
+            "--heartbeat-period", repr(float(self.heartbeat_period)),
+            "--heartbeat-threshold", repr(float(self.heartbeat_threshold)),
+            "--drain-margin", repr(float(self.drain_margin)),
+            "--max-payload-size", str(self.max_payload_size),
+            "--address-probe-timeout", repr(float(self.address_probe_timeout)),
+        ]
+        if self.max_workers_per_node is not None and self.max_workers_per_node != math.inf:
+            opts += ["--max-workers-per-node", str(self.max_workers_per_node)]
+        if self.mem_per_worker:
+            opts += ["--mem-per-worker", repr(float(self.mem_per_worker))]
+        if self.available_accelerators:
+            opts += ["--accelerators", ",".join(self.available_accelerators)]
+        if self.prefetch_capacity is not None:
+            opts += ["--prefetch-capacity", str(self.prefetch_capacity)]
+        if self.drain_period:
+            opts += ["--drain-period", repr(float(self.drain_period))]
+        if cert_dir:
+            opts += ["--cert-dir", cert_dir]
+        if self.worker_debug:
+            opts.append("--debug")
+        return " ".join(o if o == "{block_id}" else shlex.quote(o) for o in opts)
+
+    def _get_launch_command(self, block_id: str) -> str:
+        return self._launch_template.replace("{block_id}", str(block_id))
+
+    def scale_out_facade(self, n: int) -> List[str]:
+        if self._strategy_init_pending:
+            self._strategy_init_pending = False
+            if n == self.provider.init_blocks:
+                logger.debug("executor %s: initial blocks were provisioned at start()", self.label)
+                return []
+        return super().scale_out_facade(n)
+
+    # ---- tasks -------------------------------------------------------------------------------
+    def validate_resource_spec(self, resource_specification: Optional[dict]) -> None:
+        if resource_specification:
+            unknown = set(resource_specification) - ACCEPTED_RESOURCE_KEYS
+            if unknown:
+                from faasx.errors import InvalidResourceSpecification
+                raise InvalidResourceSpecification(unknown, ACCEPTED_RESOURCE_KEYS)
+
+    def submit(self, func: Callable, resource_specification: Optional[dict], *args: Any, **kwargs: Any) -> Future:
+        """Submit ``func(*args, **kwargs)``; ``func`` may be a callable or a registered function id."""
+        client = self._client
+        if client is None:
+            raise RuntimeError(f"executor {self.label} is not started (call start(), or use it in parsl.load)")
+        if self.bad_state_is_set:
+            raise self.executor_exception
+        spec = None
+        if resource_specification:
+            self.validate_resource_spec(resource_specification)
+            spec = self._routing_spec(resource_specification)
+        if isinstance(func, str):
+            fid, code, fspec = self._registry.lookup(func)
+            if fspec:
+                spec = dict(fspec, **(spec or {}))
+        else:
+            fid, code = client.function(func)
+        payload = serialize((args, kwargs), "the arguments")
+        if len(payload) > self.max_payload_size:
+            raise PayloadTooLarge("the arguments", len(payload), self.max_payload_size)
+        return client.submit(fid, code, P.KIND_CALL, spec, payload)
+
+    @staticmethod
+    def _routing_spec(resource_specification: dict) -> Optional[dict]:
+        spec = {k: v for k, v in resource_specification.items() if k in ("priority", "gpus", "container")}
+        return spec or None
+
+    def submit_chunk(self, fid: bytes, code: Optional[bytes], arg_tuples: list, spec: Optional[dict] = None) -> TaskFuture:
+        """One task that runs ``fn(*a)`` for each tuple in ``arg_tuples`` and returns the list."""
+        assert self._client is not None
+        payload = serialize((arg_tuples, None), "the map arguments")
+        if len(payload) > self.max_payload_size:
+            raise PayloadTooLarge("a map chunk's arguments", len(payload), self.max_payload_size)
+        return self._client.submit(fid, code, P.KIND_MAP, spec, payload)
+
+    def register_function(self, fn: Callable, *, container: Optional[dict] = None, memoize: bool = False) -> str:
+        """Register ``fn`` once; returns its content-addressed id, which ``submit`` accepts."""
+        return self._registry.register(fn, container=container, memoize=memoize)
+
+    def registered_functions(self) -> List[dict]:
+        return self._registry.listing()
+
+    def outstanding(self) -> int:
+        return self._client.outstanding if self._client is not None else 0
+
+    @property
+    def tasks(self) -> Dict[object, Future]:  # type: ignore[override]
+        return self._client.futures if self._client is not None else {}
+
+    def _on_fatal(self, exc: BaseException) -> None:
+        self._executor_exception = exc
+        self._executor_bad_state.set()
+
+    def set_bad_state_and_fail_all(self, exception: Exception) -> None:
+        logger.error("executor %s: entering bad state: %s", self.label, exception)
+        self._executor_exception = exception
+        self._executor_bad_state.set()
+        if self._client is not None:
+            from parsl.executors.errors import BadStateException
+            self._client._fail_pending(BadStateException(self, exception))
+
+    # ---- blocks ------------------------------------------------------------------------------
+    def connected_managers(self) -> List[Dict[str, Any]]:
+        return self._client.request("managers") if self._client is not None else []
+
+    def connected_blocks(self) -> List[str]:
+        return self._client.request("connected_blocks") if self._client is not None else []
+
+    def interchange_stats(self) -> Dict[str, Any]:
+        return self._client.request("stats") if self._client is not None else {}
+
+    def scale_in(self, blocks: int, max_idletime: Optional[float] = None) -> List[str]:
+        """Remove up to ``blocks`` blocks, longest-idle first.  With ``max_idletime`` only blocks idle
+        that long (and holding no task) are removed; without it busy blocks may go too, and their
+        tasks are re-dispatched."""
+        idle: Dict[str, float] = {}
+        busy: Dict[str, int] = {}
+        for block_id, status in self._status.items():
+            if status.state not in TERMINAL_STATES:
+                idle.setdefault(block_id, math.inf)
+                busy.setdefault(block_id, 0)
+        for m in self.connected_managers():
+            if not m["active"]:
+                continue
+            b = m["block_id"]
+            idle[b] = min(idle.get(b, math.inf), m["idle_duration"] if m["tasks"] == 0 else 0.0)
+            busy[b] = busy.get(b, 0) + m["tasks"]
+        order = sorted(idle, key=lambda b: (-idle[b], busy[b]))
+        if max_idletime is not None:
+            order = [b for b in order if idle[b] > max_idletime and busy[b] == 0]
+        chosen = [b for b in order if b in self.blocks_to_job_id][:blocks]
+        for block_id in chosen:
+            self._client.request("hold_block", block_id)
+        job_ids = [self.blocks_to_job_id[b] for b in chosen]
+        if not job_ids:
+            return []
+        cancelled = self.provider.cancel(job_ids)
+        killed = self._filter_scale_in_ids(job_ids, cancelled)
+        logger.info("executor %s: scaled in blocks %s", self.label, [self.job_ids_to_block[j] for j in killed])
+        return [self.job_ids_to_block[j] for j in killed]
+
+    def status(self) -> Dict[str, JobStatus]:
+        job_status = super().status()
+        if self._client is None or not self._client.healthy:
+            return job_status
+        try:
+            connected = set(self.connected_blocks())
+        except Exception as e:
+            logger.warning("executor %s: could not ask the interchange for connected blocks: %s", self.label, e)
+            return job_status
+        for block_id, st in job_status.items():
+            if st.terminal and block_id not in connected and st.state != JobState.SCALED_IN:
+                detail = ""
+                stderr = getattr(st, "stderr_summary", None)
+                if stderr:
+                    detail = f" The job's stderr ends with:\n{stderr}"
+                st.state = JobState.MISSING
+                st.message = (f"block {block_id} ended without its manager ever connecting to the interchange: "
+                              "check worker_init (is faasx installed and on PATH in the job?) and the address."
+                              + (st.message and f" Scheduler: {st.message}." or "") + detail)
+        return job_status
+
+    # ---- shutdown ----------------------------------------------------------------------------
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the interchange and managers, cancel the blocks, fail whatever is still pending."""
+        client = self._client
+        if client is None:
+            return
+        logger.info("executor %s: shutting down", self.label)
+        client.shutdown(timeout)
+        job_ids = [j for b, j in self.blocks_to_job_id.items()
+                   if b not in self._status or self._status[b].state not in TERMINAL_STATES]
+        if job_ids and self.provider is not None:
+            try:
+                self.provider.cancel(job_ids)
+            except Exception as e:
+                logger.warning("executor %s: cancelling blocks %s failed: %s", self.label, job_ids, e)
+        super().shutdown()
+        logger.info("executor %s: shut down", self.label)

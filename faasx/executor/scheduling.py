@@ -1,0 +1,354 @@
+"""The interchange's scheduling core: pure bookkeeping, no sockets, no clocks of its own.
+
+The interchange process (``faasx.executor.interchange``) feeds this class events -- tasks arrived,
+a manager registered, results came back, a manager went silent -- and sends whatever ``dispatch()``
+decides.  Keeping the decisions here means they are unit-tested without processes or sockets
+(``tests/test_scheduling.py``).
+
+Model
+-----
+* A ``TaskRecord`` is owned either by a ready queue or by exactly one manager (``record.manager``).
+  A result is accepted only from the owner, so a manager that was declared lost and comes back cannot
+  report a task twice.
+* A ``ManagerRecord`` has ``workers`` and ``capacity`` (workers + prefetch).  Managers sit in two
+  tiers: *idle* (holds fewer tasks than it has workers) and *prefetch* (has workers busy but room
+  left in its prefetch).  ``dispatch()`` fills idle workers everywhere before it fills any prefetch
+  slot, so a burst of long tasks spreads over all blocks instead of piling into the first one.
+* Each manager visited by ``dispatch()`` receives at least one task, and a manager is only visited
+  when it has room, so the cost is O(tasks dispatched) whatever the number of managers.
+* Tasks may carry a routing key (``spec['container']`` or ``spec['gpus']``); keyed tasks wait in
+  their own queue and go only to managers that accept the key, preferring those reported warm for it.
+* Priorities: a task with ``spec['priority']`` (lower runs first, as in Parsl's HTEX) waits in a
+  heap; plain tasks in a FIFO deque with priority 0.
+* A task whose manager or worker is lost is re-queued at the front, up to ``max_retries`` times;
+  after that it is failed with the kind of loss.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from math import ceil
+from typing import Any, Deque, Dict, Iterable, List, Optional, Set, Tuple
+
+DEFAULT_KEY = None
+
+
+class TaskRecord:
+    """One task as the interchange holds it: identity, routing data and its opaque payload."""
+
+    __slots__ = ("tid", "fid", "kind", "spec", "payload", "attempts", "manager", "key", "priority",
+                 "cancelled")
+
+    def __init__(self, tid: int, fid: bytes, kind: int, spec: Optional[dict], payload: Any):
+        self.tid = tid
+        self.fid = fid
+        self.kind = kind
+        self.spec = spec
+        self.payload = payload
+        self.attempts = 0
+        self.manager: Optional[bytes] = None
+        self.cancelled = False
+        self.key = routing_key(spec)
+        priority = spec.get("priority", 0) if spec else 0
+        self.priority = priority if isinstance(priority, (int, float)) else 0
+
+
+def routing_key(spec: Optional[dict]) -> Optional[str]:
+    """Which managers may run a task: None (any), 'gpu', or 'container:<key>'."""
+    if not spec:
+        return DEFAULT_KEY
+    container = spec.get("container")
+    if container:
+        return f"container:{container}"
+    if spec.get("gpus"):
+        return "gpu"
+    return DEFAULT_KEY
+
+
+class ManagerRecord:
+    """A registered manager: its capacity, the tasks it holds and what it can run."""
+
+    __slots__ = ("mid", "block_id", "workers", "capacity", "tasks", "last_seen", "active", "idle_since",
+                 "functions", "info", "keys", "warm")
+
+    def __init__(self, mid: bytes, block_id: str, workers: int, capacity: int, info: dict, now: float):
+        self.mid = mid
+        self.block_id = block_id
+        self.workers = workers
+        self.capacity = max(capacity, workers)
+        self.tasks: Set[int] = set()
+        self.last_seen = now
+        self.active = True
+        self.idle_since: Optional[float] = now
+        self.functions: Set[bytes] = set()
+        self.info = info
+        self.keys: Set[Optional[str]] = {DEFAULT_KEY}
+        if info.get("accelerators"):
+            self.keys.add("gpu")
+        self.warm: Set[str] = set()
+
+    def accepts(self, key: Optional[str]) -> bool:
+        if key in self.keys:
+            return True
+        return bool(key and key.startswith("container:") and self.info.get("containers"))
+
+    def summary(self, now: float) -> dict:
+        return {
+            "manager": self.mid.decode(errors="replace"),
+            "block_id": self.block_id,
+            "hostname": self.info.get("hostname"),
+            "pid": self.info.get("pid"),
+            "worker_count": self.workers,
+            "capacity": self.capacity,
+            "tasks": len(self.tasks),
+            "idle_duration": (now - self.idle_since) if self.idle_since is not None else 0.0,
+            "active": self.active,
+            "warm": sorted(self.warm),
+        }
+
+
+class _Queue:
+    """Ready tasks of one routing key: a FIFO for priority 0, a heap for the others."""
+
+    __slots__ = ("fifo", "heap", "counter", "live")
+
+    def __init__(self) -> None:
+        self.fifo: Deque[TaskRecord] = deque()
+        self.heap: List[Tuple[float, int, TaskRecord]] = []
+        self.counter = itertools.count()
+        self.live = 0          # queued and not cancelled
+
+    def push(self, rec: TaskRecord, front: bool = False) -> None:
+        if rec.priority:
+            # retried tasks keep their priority but go before equal-priority newcomers
+            heapq.heappush(self.heap, (rec.priority, -next(self.counter) if front else next(self.counter), rec))
+        elif front:
+            self.fifo.appendleft(rec)
+        else:
+            self.fifo.append(rec)
+        self.live += 1
+
+    def pop(self) -> Optional[TaskRecord]:
+        while True:
+            heap, fifo = self.heap, self.fifo
+            if heap and (not fifo or heap[0][0] < 0):
+                rec = heapq.heappop(heap)[2]
+            elif fifo:
+                rec = fifo.popleft()
+            else:
+                return None
+            if not rec.cancelled:
+                self.live -= 1
+                return rec
+
+
+class Scheduler:
+    """Ready queues, manager records and task ownership for one interchange."""
+
+    def __init__(self, max_retries: int = 2):
+        self.max_retries = max_retries
+        self.tasks: Dict[int, TaskRecord] = {}           # every task not yet finished
+        self.managers: Dict[bytes, ManagerRecord] = {}
+        self.queues: Dict[Optional[str], _Queue] = {DEFAULT_KEY: _Queue()}
+        # managers with room, in rotation order (dicts used as ordered sets)
+        self._idle: Dict[bytes, ManagerRecord] = {}
+        self._prefetch: Dict[bytes, ManagerRecord] = {}
+
+    # ---- tasks -------------------------------------------------------------------------------
+    def submit(self, records: Iterable[TaskRecord]) -> List[TaskRecord]:
+        """Queue new tasks; returns those refused because their id is already known (duplicates)."""
+        duplicates = []
+        tasks, queues = self.tasks, self.queues
+        for rec in records:
+            if rec.tid in tasks:
+                duplicates.append(rec)
+                continue
+            tasks[rec.tid] = rec
+            q = queues.get(rec.key)
+            if q is None:
+                q = queues[rec.key] = _Queue()
+            q.push(rec)
+        return duplicates
+
+    def cancel(self, tids: Iterable[int]) -> List[int]:
+        """Cancel tasks that are still queued; tasks already at a manager run to completion."""
+        cancelled = []
+        for tid in tids:
+            rec = self.tasks.get(tid)
+            if rec is not None and rec.manager is None and not rec.cancelled:
+                rec.cancelled = True
+                self.queues[rec.key].live -= 1
+                del self.tasks[tid]
+                cancelled.append(tid)
+        return cancelled
+
+    @property
+    def queued(self) -> int:
+        return sum(q.live for q in self.queues.values())
+
+    # ---- managers ----------------------------------------------------------------------------
+    def register_manager(self, mid: bytes, block_id: str, workers: int, capacity: int, info: dict,
+                         now: float) -> ManagerRecord:
+        if mid in self.managers:
+            raise ValueError(f"manager {mid!r} is already registered")
+        m = ManagerRecord(mid, block_id, workers, capacity, info, now)
+        self.managers[mid] = m
+        self._update_tier(m)
+        return m
+
+    def set_capacity(self, mid: bytes, capacity: int) -> None:
+        m = self.managers.get(mid)
+        if m is not None:
+            m.capacity = max(int(capacity), m.workers)
+            self._update_tier(m)
+
+    def set_warm(self, mid: bytes, warm: Iterable[str]) -> None:
+        m = self.managers.get(mid)
+        if m is not None:
+            m.warm = set(warm)
+
+    def deactivate(self, mid: bytes) -> Optional[ManagerRecord]:
+        """Dispatch nothing more to this manager (drain, hold); it keeps the tasks it has."""
+        m = self.managers.get(mid)
+        if m is not None:
+            m.active = False
+            self._update_tier(m)
+        return m
+
+    def remove_manager(self, mid: bytes, now: float) -> Tuple[List[TaskRecord], List[TaskRecord]]:
+        """Forget a manager; its tasks are re-queued (first list) or failed (second list)."""
+        m = self.managers.pop(mid, None)
+        if m is None:
+            return [], []
+        self._idle.pop(mid, None)
+        self._prefetch.pop(mid, None)
+        requeued, failed = [], []
+        for tid in sorted(m.tasks):
+            rec = self.tasks.get(tid)
+            if rec is None:
+                continue
+            (requeued if self._retry(rec) else failed).append(rec)
+        m.tasks.clear()
+        return requeued, failed
+
+    def expired(self, now: float, threshold: float) -> List[bytes]:
+        return [mid for mid, m in self.managers.items() if now - m.last_seen > threshold]
+
+    def touch(self, mid: bytes, now: float) -> Optional[ManagerRecord]:
+        m = self.managers.get(mid)
+        if m is not None:
+            m.last_seen = now
+        return m
+
+    # ---- results -----------------------------------------------------------------------------
+    def complete(self, mid: bytes, tid: int, now: float) -> Optional[TaskRecord]:
+        """A manager reports task ``tid`` finished.  Returns the record, or None if that manager
+        does not own the task (a duplicate or a stale manager): the caller drops such results."""
+        rec = self.tasks.get(tid)
+        if rec is None or rec.manager != mid:
+            return None
+        del self.tasks[tid]
+        m = self.managers[mid]
+        m.tasks.discard(tid)
+        if not m.tasks:
+            m.idle_since = now
+        self._update_tier(m)
+        return rec
+
+    def worker_lost(self, mid: bytes, tid: int, now: float) -> Tuple[Optional[TaskRecord], bool]:
+        """The worker running ``tid`` died.  Returns (record, requeued); record None if not owned."""
+        rec = self.tasks.get(tid)
+        if rec is None or rec.manager != mid:
+            return None, False
+        m = self.managers[mid]
+        m.tasks.discard(tid)
+        if not m.tasks:
+            m.idle_since = now
+        self._update_tier(m)
+        return rec, self._retry(rec)
+
+    def _retry(self, rec: TaskRecord) -> bool:
+        rec.manager = None
+        rec.attempts += 1
+        if rec.attempts > self.max_retries:
+            del self.tasks[rec.tid]
+            return False
+        self.queues[rec.key].push(rec, front=True)
+        return True
+
+    # ---- dispatch ----------------------------------------------------------------------------
+    def dispatch(self) -> List[Tuple[ManagerRecord, List[TaskRecord]]]:
+        """Assign queued tasks to managers with room.  Returns [(manager, tasks)], one entry per manager."""
+        out: Dict[bytes, Tuple[ManagerRecord, List[TaskRecord]]] = {}
+        for key, q in self.queues.items():
+            if not q.live:
+                continue
+            if key is DEFAULT_KEY:
+                self._fill(q, self._idle, True, out)
+                if q.live:
+                    self._fill(q, self._prefetch, False, out)
+            else:
+                self._fill_keyed(key, q, out)
+        return list(out.values())
+
+    def _fill(self, q: _Queue, tier: Dict[bytes, ManagerRecord], idle_tier: bool,
+              out: Dict[bytes, Tuple[ManagerRecord, List[TaskRecord]]]) -> None:
+        # Rotate: each manager visited moves to the end of its tier (or leaves it when full), so
+        # successive dispatches start with a different manager.
+        for mid in list(tier):
+            if not q.live:
+                break
+            m = tier.get(mid)
+            if m is None:
+                continue
+            room = (m.workers if idle_tier else m.capacity) - len(m.tasks)
+            share = ceil(q.live / max(1, len(tier)))
+            n = min(room, share)
+            self._assign(m, q, n, out)
+            del tier[mid]
+            self._update_tier(m)
+
+    def _fill_keyed(self, key: str, q: _Queue,
+                    out: Dict[bytes, Tuple[ManagerRecord, List[TaskRecord]]]) -> None:
+        # Keyed tasks are rare (containers, GPUs): a scan over managers is acceptable here.
+        candidates = [m for m in self.managers.values() if m.active and m.accepts(key)]
+        candidates.sort(key=lambda m: (key not in m.warm, len(m.tasks) >= m.workers, len(m.tasks)))
+        for m in candidates:
+            if not q.live:
+                break
+            room = m.capacity - len(m.tasks)
+            if room > 0:
+                self._assign(m, q, room, out)
+                self._update_tier(m)
+
+    def _assign(self, m: ManagerRecord, q: _Queue, n: int,
+                out: Dict[bytes, Tuple[ManagerRecord, List[TaskRecord]]]) -> None:
+        entry = out.get(m.mid)
+        if entry is None:
+            entry = out[m.mid] = (m, [])
+        batch = entry[1]
+        held = m.tasks
+        for _ in range(n):
+            rec = q.pop()
+            if rec is None:
+                break
+            rec.manager = m.mid
+            held.add(rec.tid)
+            batch.append(rec)
+        if held:
+            m.idle_since = None
+
+    def _update_tier(self, m: ManagerRecord) -> None:
+        mid, held = m.mid, len(m.tasks)
+        if not m.active or held >= m.capacity:
+            self._idle.pop(mid, None)
+            self._prefetch.pop(mid, None)
+        elif held < m.workers:
+            self._prefetch.pop(mid, None)
+            if mid not in self._idle:
+                self._idle[mid] = m
+        else:
+            self._idle.pop(mid, None)
+            if mid not in self._prefetch:
+                self._prefetch[mid] = m

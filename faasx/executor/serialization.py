@@ -1,0 +1,109 @@
+"""How functions, arguments, results and exceptions become bytes and back.
+
+* Functions are serialized once with dill and addressed by a content hash (16-byte BLAKE2b of the
+  dill bytes): the same code gives the same id in every process, a changed function a new one.
+* Data (arguments, results) goes through plain pickle (protocol 5), which is several times faster
+  than dill, and falls back to dill for what pickle cannot do (lambdas, closures) or would do wrongly:
+  objects of classes defined in ``__main__`` pickle by reference to a module the worker does not
+  have, so any pickle that mentions ``__main__`` is redone with dill, which ships such classes by value.
+* The first byte of a data payload names its codec, so the reader never guesses.
+* Exceptions travel with the text of their remote traceback; one that cannot be pickled arrives as
+  ``faasx.errors.RemoteExceptionError`` carrying its type name, message and traceback.
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import traceback
+from typing import Any, Callable, Tuple
+
+import dill
+
+from faasx.errors import RemoteExceptionError, SerializationError
+
+CODEC_PICKLE = b"P"
+CODEC_DILL = b"D"
+CODEC_TEXT = b"T"   # an exception that could not be pickled: msgpack-free utf-8 record
+
+_dumps = pickle.dumps
+_loads = pickle.loads
+_MAIN = b"__main__"
+
+
+def function_id(code: bytes) -> bytes:
+    return hashlib.blake2b(code, digest_size=16).digest()
+
+
+def serialize_function(fn: Callable) -> Tuple[bytes, bytes]:
+    """(function id, code) for a callable.  Raises SerializationError if dill cannot handle it."""
+    try:
+        code = dill.dumps(fn, recurse=True)
+    except Exception:
+        try:
+            code = dill.dumps(fn)
+        except Exception as e:
+            name = getattr(fn, "__qualname__", repr(fn))
+            raise SerializationError(f"function {name}", f"{type(e).__name__}: {e}") from e
+    return function_id(code), code
+
+
+def deserialize_function(code: bytes) -> Callable:
+    return dill.loads(code)
+
+
+def serialize(obj: Any, what: str = "the arguments") -> bytes:
+    """Data -> bytes with a codec prefix; raises SerializationError naming ``what``."""
+    try:
+        data = _dumps(obj, 5)
+        if _MAIN not in data:
+            return CODEC_PICKLE + data
+    except Exception:
+        pass
+    try:
+        return CODEC_DILL + dill.dumps(obj, recurse=True)
+    except Exception as e:
+        raise SerializationError(what, f"{type(e).__name__}: {e}") from e
+
+
+def deserialize(payload: bytes) -> Any:
+    codec = payload[:1]
+    if codec == CODEC_PICKLE:
+        return _loads(memoryview(payload)[1:])
+    if codec == CODEC_DILL:
+        return dill.loads(bytes(memoryview(payload)[1:]))
+    raise ValueError(f"unknown payload codec {bytes(codec)!r}")
+
+
+def serialize_exception(exc: BaseException, host: str = "") -> bytes:
+    """An exception and its traceback text; never raises."""
+    tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    where = f" on {host}" if host else ""
+    try:
+        exc.__traceback__ = None
+        return serialize((exc, tb_text, where), "exception")
+    except Exception:
+        name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        try:
+            message = str(exc)
+        except Exception:
+            message = "<unprintable>"
+        return CODEC_TEXT + "\0".join((name, message, tb_text)).encode("utf-8", "replace")
+
+
+def deserialize_exception(payload: bytes) -> BaseException:
+    """The exception to raise in the caller, with the remote traceback attached as a note."""
+    if payload[:1] == CODEC_TEXT:
+        name, message, tb_text = (bytes(payload[1:]).decode("utf-8", "replace").split("\0", 2) + ["", ""])[:3]
+        return RemoteExceptionError(name, message, tb_text)
+    try:
+        exc, tb_text, where = deserialize(payload)
+    except Exception as e:  # e.g. the exception's class cannot be imported here
+        return RemoteExceptionError("<unknown>", f"the remote exception could not be deserialized: {e!r}", "")
+    if isinstance(exc, BaseException):
+        try:
+            exc.add_note(f"\nRemote traceback (faasx worker{where}):\n{tb_text.rstrip()}")
+            exc.remote_traceback = tb_text  # type: ignore[attr-defined]
+        except Exception:
+            pass
+        return exc
+    return RemoteExceptionError(type(exc).__name__, repr(exc), tb_text)

@@ -1,0 +1,150 @@
+"""faasx-worker: runs functions for its manager, one task at a time.
+
+A worker connects to its manager's local socket (``ipc://``), says READY, and then loops: receive a
+batch of tasks, run each, send the results back.  Results of a batch go back together unless a
+task takes long, in which case finished results are flushed every few milliseconds so the manager
+and the client see them early.  Function code arrives once (FUNCS) and stays deserialized here.
+
+The worker dies with its manager (``PR_SET_PDEATHSIG``), and survives whatever the function does
+short of killing the process: exceptions, ``sys.exit``, unpicklable or oversize results all come
+back as the task's exception.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import time
+from typing import Callable, Dict, List
+
+import zmq
+
+from faasx.errors import FunctionExited, PayloadTooLarge, SerializationError
+from faasx.executor import protocol as P
+from faasx.executor.processes import die_with_parent, set_process_name
+from faasx.executor.serialization import (deserialize, deserialize_function, serialize,
+                                          serialize_exception)
+
+logger = logging.getLogger("faasx.worker")
+
+FLUSH_INTERVAL = 0.005   # seconds between result flushes inside a long batch
+
+
+class Worker:
+    def __init__(self, url: str, worker_id: int, max_payload_size: int, debug: bool = False):
+        self.worker_id = worker_id
+        self.max_payload_size = max_payload_size
+        self.debug = debug
+        self.host = socket.gethostname()
+        self.codes: Dict[bytes, bytes] = {}
+        self.functions: Dict[bytes, Callable] = {}
+        self.ctx = zmq.Context(io_threads=1)
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.IDENTITY, b"w%d" % worker_id)
+        self.sock.connect(url)
+        self.malformed = 0
+
+    def run(self, manager_pid: int) -> None:
+        sock = self.sock
+        sock.send_multipart(P.pack(P.READY, {"worker_id": self.worker_id, "pid": os.getpid()}))
+        while True:
+            if not sock.poll(1000):
+                if os.getppid() != manager_pid:
+                    logger.warning("worker %d: manager %d is gone; exiting", self.worker_id, manager_pid)
+                    return
+                continue
+            frames = sock.recv_multipart()
+            try:
+                msg_type, body, payloads = P.unpack(frames)
+                if msg_type == P.TASKS:
+                    self.run_batch(P.check_tasks(body, payloads), payloads)
+                elif msg_type == P.FUNCS:
+                    for fid, code in zip(P.check_funcs(body, payloads), payloads):
+                        self.codes[fid] = code
+                elif msg_type == P.SHUTDOWN:
+                    logger.info("worker %d: shutdown requested", self.worker_id)
+                    return
+                else:
+                    raise P.ProtocolError(f"unexpected {P.TYPE_NAMES[msg_type]} message")
+            except P.ProtocolError as e:
+                self.malformed += 1
+                logger.error("worker %d: dropped malformed message from manager: %s", self.worker_id, e)
+
+    def run_batch(self, records: List[list], payloads) -> None:
+        out_body: List[list] = []
+        out_payloads: List[bytes] = []
+        last_flush = time.perf_counter()
+        n = len(records)
+        for i, (tid, fid, kind, _spec) in enumerate(records):
+            if self.debug:
+                logger.debug("task %d: start", tid)
+            status, data = self.execute(tid, fid, kind, payloads[i])
+            if self.debug:
+                logger.debug("task %d: done (status %d, %d bytes)", tid, status, len(data))
+            out_body.append([tid, status])
+            out_payloads.append(data)
+            if i + 1 < n:
+                now = time.perf_counter()
+                if now - last_flush > FLUSH_INTERVAL:
+                    self.sock.send_multipart(P.pack(P.RESULTS, out_body, out_payloads))
+                    out_body, out_payloads, last_flush = [], [], now
+        if out_body:
+            self.sock.send_multipart(P.pack(P.RESULTS, out_body, out_payloads))
+
+    def execute(self, tid: int, fid: bytes, kind: int, payload: bytes):
+        try:
+            fn = self.functions.get(fid)
+            if fn is None:
+                code = self.codes.get(fid)
+                if code is None:
+                    return P.FAILED, P.failure_payload(
+                        "FAILED", f"task {tid}: the worker never received the code of function {fid.hex()}")
+                fn = self.functions[fid] = deserialize_function(code)
+                del self.codes[fid]
+            args, kwargs = deserialize(payload)
+            if kind == P.KIND_CALL:
+                value = fn(*args, **kwargs)
+            else:
+                value = [fn(*a) for a in args]
+            data = serialize(value, "the function's return value")
+            if len(data) > self.max_payload_size:
+                raise PayloadTooLarge("the function's return value", len(data), self.max_payload_size, tid)
+            return P.OK, data
+        except SerializationError as e:
+            e.task_id = tid
+            return P.EXCEPTION, serialize_exception(e, self.host)
+        except Exception as e:
+            return P.EXCEPTION, serialize_exception(e, self.host)
+        except SystemExit as e:
+            return P.EXCEPTION, serialize_exception(FunctionExited(f"SystemExit({e.code!r})", tid), self.host)
+        except BaseException as e:  # KeyboardInterrupt, GeneratorExit raised by user code
+            return P.EXCEPTION, serialize_exception(FunctionExited(type(e).__name__, tid), self.host)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="faasx-worker")
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--worker-id", type=int, required=True)
+    parser.add_argument("--manager-pid", type=int, required=True)
+    parser.add_argument("--max-payload-size", type=int, default=1 << 30)
+    parser.add_argument("--log-file", default=None)
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    set_process_name("faasx-worker")
+    die_with_parent(args.manager_pid)
+    logging.basicConfig(filename=args.log_file, level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    worker = Worker(args.url, args.worker_id, args.max_payload_size, args.debug)
+    try:
+        worker.run(args.manager_pid)
+    finally:
+        worker.sock.close(0)
+        worker.ctx.term()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
