@@ -1,0 +1,65 @@
+"""Fixtures for the Cobalt and Kubernetes provider tests.
+
+``fake_cobalt``  the Cobalt stand-in (tests/fakes/cobalt): its qsub/qstat/qdel first on PATH, its state in
+                 a fresh directory (FAASX_FAKE_COBALT_DIR); every job is deleted and every process it
+                 started is gone when the test ends.
+``kube_api``     the fake Pods API (tests/fakes/kube_api.py) on 127.0.0.1, and ``kubeconfig``, a file that
+                 names it, for the real ``kubernetes`` client.
+``wait_for``     poll a function until it returns something truthy, or fail at a deadline.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FAKES = os.path.join(ROOT, "tests", "fakes")
+for path in (ROOT, FAKES, os.path.join(FAKES, "cobalt")):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from _cobalt import BIN_DIR, ENV_DIR, FakeCobalt  # noqa: E402
+from kube_api import FakeKubeAPI  # noqa: E402
+
+
+def _wait_for(fn, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {value!r}")
+
+
+@pytest.fixture
+def wait_for():
+    return _wait_for
+
+
+@pytest.fixture
+def fake_cobalt(tmp_path, monkeypatch):
+    state = tmp_path / "cobalt-state"
+    monkeypatch.setenv(ENV_DIR, str(state))
+    monkeypatch.setenv("PATH", BIN_DIR + os.pathsep + os.environ.get("PATH", ""))
+    monkeypatch.chdir(tmp_path)
+    cobalt = FakeCobalt(str(state))
+    yield cobalt
+    cobalt.shutdown()
+    leftovers = cobalt.job_processes()
+    assert not leftovers, f"Cobalt stand-in jobs left processes behind: {leftovers}"
+
+
+@pytest.fixture
+def kube_api():
+    with FakeKubeAPI() as api:
+        yield api
+
+
+@pytest.fixture
+def kubeconfig(kube_api, tmp_path):
+    return kube_api.write_kubeconfig(str(tmp_path / "kubeconfig"))
