@@ -378,7 +378,12 @@ def run_child(script: str, child_args: Sequence[str], timeout: float, label: str
                 print(_indent(log_text[-2500:], "    | "), flush=True)
         for s in strays:
             print(f"    STRAY: {s}", flush=True)
-    shutil.rmtree(tmpdir, ignore_errors=True)
+    if result.get("ok") and not strays:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    else:  # keep the child's run directory (engine logs) for diagnosis
+        result["kept_dir"] = tmpdir
+        if verbose:
+            print(f"    (child's directory with its logs kept: {tmpdir})", flush=True)
     return result
 
 
