@@ -86,7 +86,7 @@ class ManagerRecord:
         self.keys: Set[Optional[str]] = {DEFAULT_KEY}
         if info.get("accelerators"):
             self.keys.add("gpu")
-        self.warm: Set[str] = set()
+        self.warm: Set[str] = set()          # container keys with a warm worker on this manager
 
     def accepts(self, key: Optional[str]) -> bool:
         if key in self.keys:
@@ -224,13 +224,14 @@ class Scheduler:
         self._idle.pop(mid, None)
         self._prefetch.pop(mid, None)
         requeued, failed = [], []
-        for tid in sorted(m.tasks):
+        # pushed to the front one by one, so go from the newest: the oldest ends up first
+        for tid in sorted(m.tasks, reverse=True):
             rec = self.tasks.get(tid)
             if rec is None:
                 continue
             (requeued if self._retry(rec) else failed).append(rec)
         m.tasks.clear()
-        return requeued, failed
+        return requeued[::-1], failed[::-1]
 
     def expired(self, now: float, threshold: float) -> List[bytes]:
         return [mid for mid, m in self.managers.items() if now - m.last_seen > threshold]
@@ -313,7 +314,8 @@ class Scheduler:
                     out: Dict[bytes, Tuple[ManagerRecord, List[TaskRecord]]]) -> None:
         # Keyed tasks are rare (containers, GPUs): a scan over managers is acceptable here.
         candidates = [m for m in self.managers.values() if m.active and m.accepts(key)]
-        candidates.sort(key=lambda m: (key not in m.warm, len(m.tasks) >= m.workers, len(m.tasks)))
+        container = key[len("container:"):] if key.startswith("container:") else None
+        candidates.sort(key=lambda m: (container not in m.warm, len(m.tasks) >= m.workers, len(m.tasks)))
         for m in candidates:
             if not q.live:
                 break

@@ -80,7 +80,11 @@ def serialize_exception(exc: BaseException, host: str = "") -> bytes:
     where = f" on {host}" if host else ""
     try:
         exc.__traceback__ = None
-        return serialize((exc, tb_text, where), "exception")
+        data = serialize((exc, tb_text, where), "exception")
+        # Exceptions whose __init__ does not match their args pickle fine but fail to load; find out
+        # here, where the type and message are still known, rather than in the caller.
+        deserialize(data)
+        return data
     except Exception:
         name = f"{type(exc).__module__}.{type(exc).__qualname__}"
         try:

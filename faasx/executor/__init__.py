@@ -1,0 +1,52 @@
+"""The faasx engine: how a function call travels from ``submit()`` to a worker and back.
+
+::
+
+    user thread                 I/O thread              faasx-interchange           faasx-manager (per node)   faasx-worker xN
+    -----------                 ----------              -----------------           ------------------------   ---------------
+    submit(fn, *a)
+      fn -> (fid, code) once
+      args -> payload (pickle,
+        dill if needed)
+      TaskFuture, futures[tid]
+      outbox.append  ---------> FUNCS (once per fid)
+      (wake pipe only if        TASKS [tid,fid,kind,spec]
+       the thread sleeps)         + payload frames  ----> Scheduler.submit
+                                                          Scheduler.dispatch:
+                                                           idle workers first,
+                                                           then prefetch slots  ---> FUNCS (once per node)
+                                                                                     TASKS batch ----------> WorkerTable.assign:
+                                                                                                             adaptive batch per   --> run fn
+                                                                                                             idle worker (ipc)        pickle result
+                                                                                     RESULTS  <------------------------------------  RESULTS
+                                                          Scheduler.complete:  <---- (forwarded as is)
+                                                           owner check, drop dups
+                                RESULTS  <--------------- (payloads untouched)
+      future resolved  <------  futures.pop(tid)
+
+Moving parts, one module each:
+
+``protocol``       the wire format: msgpack headers, opaque payload frames, message types, versions.
+``serialization``  dill for functions (content-addressed), pickle-then-dill for data, exceptions.
+``client``         ``EngineClient``: futures table, outbox, the I/O thread, interchange liveness.
+``scheduling``     ``Scheduler``: the interchange's pure decision core (queues, managers, ownership).
+``interchange``    the process around the scheduler: two ROUTER sockets, heartbeats, expiry.
+``worker_table``   ``WorkerTable``: the manager's pure worker bookkeeping and adaptive batching.
+``manager``        the per-node process: registration, workers, heartbeats, drain.
+``worker``         the process that runs functions.
+``security``       CurveZMQ keys and the ZAP allow-list for the manager port.
+``registry``       registered functions (submit by id).
+``parsl_executor`` ``FaaSExecutor``, the Parsl ``BlockProviderExecutor``.
+``standalone``     ``faasx.Executor``, the ``concurrent.futures.Executor`` around it.
+
+Reliability in one paragraph: the interchange records which manager owns each task and accepts a
+result only from the owner.  A worker that dies is reported by its manager (WORKER_LOST); a manager
+that stops heartbeating, disconnects or says BYE is removed.  Either way its tasks go back to the
+front of the queue until ``max_retries_on_system_failure`` is spent, then fail with ``WorkerLost`` /
+``ManagerLost``.  Managers exit when the interchange is silent, workers die with their manager, the
+interchange exits when the client process is gone, and the client fails every pending future with
+``InterchangeLost`` when the interchange dies.
+
+Only ``parsl_executor`` and ``standalone`` import Parsl; everything that runs on compute nodes stays
+light so a manager and its workers start in a fraction of a second.
+"""

@@ -1,0 +1,187 @@
+"""The interchange's scheduling core, without sockets or processes."""
+import time
+
+import pytest
+
+from faasx.executor.scheduling import Scheduler, TaskRecord
+
+FID = b"f" * 16
+
+
+def tasks(ids, spec=None):
+    return [TaskRecord(i, FID, 0, spec, b"payload%d" % i) for i in ids]
+
+
+def held_by(sched):
+    return {m.mid: sorted(m.tasks) for m in sched.managers.values()}
+
+
+def test_dispatch_respects_capacity_and_fills_idle_workers_first():
+    s = Scheduler()
+    s.register_manager(b"m1", "0", workers=2, capacity=4, info={}, now=0)
+    s.register_manager(b"m2", "1", workers=2, capacity=4, info={}, now=0)
+    s.submit(tasks(range(4)))
+    out = s.dispatch()
+    # four tasks, four idle workers: two each, none into a prefetch slot
+    assert sorted(len(batch) for _, batch in out) == [2, 2]
+    s.submit(tasks(range(4, 20)))
+    s.dispatch()
+    assert all(len(m.tasks) == 4 for m in s.managers.values())   # full: workers + prefetch
+    assert s.queued == 12
+    assert s.dispatch() == []                                     # no room anywhere
+
+
+def test_long_task_burst_spreads_over_all_managers():
+    s = Scheduler()
+    for i in range(3):
+        s.register_manager(b"m%d" % i, str(i), workers=2, capacity=100, info={}, now=0)
+    s.submit(tasks(range(6)))
+    s.dispatch()
+    assert [len(m.tasks) for m in s.managers.values()] == [2, 2, 2]
+
+
+def test_result_only_accepted_from_owner_and_never_twice():
+    s = Scheduler()
+    s.register_manager(b"a", "0", 1, 1, {}, 0)
+    s.register_manager(b"b", "1", 1, 1, {}, 0)
+    s.submit(tasks([7]))
+    (m, batch), = s.dispatch()
+    other = b"b" if m.mid == b"a" else b"a"
+    assert s.complete(other, 7, 1) is None          # not the owner
+    assert s.complete(m.mid, 7, 1).tid == 7
+    assert s.complete(m.mid, 7, 2) is None          # a duplicate
+    assert 7 not in s.tasks
+
+
+def test_manager_loss_redispatches_its_tasks_to_the_front():
+    s = Scheduler(max_retries=1)
+    s.register_manager(b"a", "0", 2, 2, {}, 0)
+    s.submit(tasks([1, 2, 3, 4]))
+    s.dispatch()
+    requeued, failed = s.remove_manager(b"a", 5)
+    assert [r.tid for r in requeued] == [1, 2] and failed == []
+    s.register_manager(b"b", "1", 1, 1, {}, 6)
+    (m, batch), = s.dispatch()
+    assert [r.tid for r in batch] == [1]            # retried tasks go first
+    assert batch[0].attempts == 1
+
+
+def test_retries_exhausted_fail_the_task():
+    s = Scheduler(max_retries=1)
+    s.submit(tasks([1]))
+    for i in range(2):
+        s.register_manager(b"m%d" % i, "0", 1, 1, {}, 0)
+        s.dispatch()
+        requeued, failed = s.remove_manager(b"m%d" % i, 1)
+    assert requeued == [] and [r.tid for r in failed] == [1]
+    assert 1 not in s.tasks and s.queued == 0
+
+
+def test_worker_lost_requeues_then_fails():
+    s = Scheduler(max_retries=0)
+    s.register_manager(b"a", "0", 1, 1, {}, 0)
+    s.submit(tasks([1]))
+    s.dispatch()
+    rec, requeued = s.worker_lost(b"a", 1, 1)
+    assert rec.tid == 1 and requeued is False
+    assert s.worker_lost(b"a", 1, 1) == (None, False)    # already gone
+
+
+def test_cancel_only_affects_queued_tasks():
+    s = Scheduler()
+    s.register_manager(b"a", "0", 1, 1, {}, 0)
+    s.submit(tasks([1, 2, 3]))
+    s.dispatch()                                    # task 1 is at the manager
+    assert s.cancel([1, 2, 99]) == [2]
+    (m, batch), = (s.complete(b"a", 1, 1), s.dispatch())[1]
+    assert [r.tid for r in batch] == [3]
+
+
+def test_duplicate_task_ids_are_refused():
+    s = Scheduler()
+    assert s.submit(tasks([1])) == []
+    dup = s.submit(tasks([1]))
+    assert [r.tid for r in dup] == [1] and s.queued == 1
+
+
+def test_priority_lower_value_runs_first_and_default_is_fifo():
+    s = Scheduler()
+    s.submit(tasks([1, 2]))
+    s.submit(tasks([3], {"priority": -5}))
+    s.submit(tasks([4], {"priority": 10}))
+    s.register_manager(b"a", "0", 1, 10, {}, 0)
+    (m, batch), = s.dispatch()
+    assert [r.tid for r in batch] == [3, 1, 2, 4]
+
+
+def test_drained_manager_gets_nothing_more():
+    s = Scheduler()
+    s.register_manager(b"a", "0", 2, 2, {}, 0)
+    s.deactivate(b"a")
+    s.submit(tasks([1]))
+    assert s.dispatch() == [] and s.queued == 1
+
+
+def test_gpu_tasks_only_go_to_managers_with_accelerators():
+    s = Scheduler()
+    s.register_manager(b"cpu", "0", 4, 4, {}, 0)
+    s.register_manager(b"gpu", "1", 1, 1, {"accelerators": ["0"]}, 0)
+    s.submit(tasks([1, 2], {"gpus": 1}))
+    out = s.dispatch()
+    assert [(m.mid, [r.tid for r in b]) for m, b in out] == [(b"gpu", [1])]
+    assert s.queued == 1
+
+
+def test_container_tasks_prefer_warm_managers():
+    s = Scheduler()
+    s.register_manager(b"cold", "0", 2, 2, {"containers": True}, 0)
+    s.register_manager(b"warm", "1", 2, 2, {"containers": True}, 0)
+    s.register_manager(b"none", "2", 2, 2, {}, 0)
+    s.set_warm(b"warm", ["img"])
+    s.submit(tasks([1], {"container": "img"}))
+    (m, batch), = s.dispatch()
+    assert m.mid == b"warm"
+
+
+def test_expired_managers_are_reported():
+    s = Scheduler()
+    s.register_manager(b"a", "0", 1, 1, {}, 0)
+    s.register_manager(b"b", "0", 1, 1, {}, 0)
+    s.touch(b"b", 9)
+    assert s.expired(10, 5) == [b"a"]
+
+
+def test_capacity_update_changes_prefetch():
+    s = Scheduler()
+    s.register_manager(b"a", "0", 1, 1, {}, 0)
+    s.submit(tasks(range(10)))
+    s.dispatch()
+    assert len(s.managers[b"a"].tasks) == 1
+    s.set_capacity(b"a", 5)
+    s.dispatch()
+    assert len(s.managers[b"a"].tasks) == 5
+
+
+def test_register_twice_is_an_error():
+    s = Scheduler()
+    s.register_manager(b"a", "0", 1, 1, {}, 0)
+    with pytest.raises(ValueError):
+        s.register_manager(b"a", "0", 1, 1, {}, 0)
+
+
+def test_dispatch_cost_does_not_grow_with_idle_managers():
+    """O(1) per task: dispatching a few tasks must not scan 100k full managers."""
+    s = Scheduler()
+    for i in range(100_000):
+        s.register_manager(b"m%d" % i, "0", 1, 1, {}, 0)
+    s.submit(tasks(range(100_000)))
+    s.dispatch()                       # every manager now full
+    s.complete(b"m5", 5, 1)            # one slot frees up
+    s.submit(tasks([10**9]))
+    t0 = time.perf_counter()
+    for _ in range(100):
+        out = s.dispatch()
+    elapsed = time.perf_counter() - t0
+    assert [m.mid for m, _ in out] in ([], ) or out == []
+    assert s.managers[b"m5"].tasks == {10**9}
+    assert elapsed < 0.05, f"100 dispatches over 100k full managers took {elapsed:.3f}s"
