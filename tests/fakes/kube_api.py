@@ -23,7 +23,7 @@ checks that the client really used the kubeconfig it was given.
 
 There is no kubelet: a pod stays ``Pending`` until a test moves it with :meth:`FakeKubeAPI.set_phase`.
 :meth:`FakeKubeAPI.fail_next` makes the next calls of one kind fail (e.g. a 500 on list), and
-:attr:`FakeKubeAPI.requests` records every request with its decoded JSON body.
+:attr:`FakeKubeAPI.requests` records every request with its decoded JSON body (header names lower-cased).
 """
 from __future__ import annotations
 
@@ -139,7 +139,8 @@ class FakeKubeAPI:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-kube-api", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="fake-kube-api", daemon=True)
         self._thread.start()
         return self
 
@@ -363,7 +364,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = raw.decode(errors="replace")
         with self.fake._lock:
             self.fake.requests.append({"method": self.command, "path": parts.path, "query": query,
-                                       "body": body, "headers": dict(self.headers)})
+                                       "body": body,
+                                       "headers": {k.lower(): v for k, v in self.headers.items()}})
         if self.headers.get("Authorization") != f"Bearer {self.fake.token}":
             code, reply = 401, status_body(401, "Unauthorized", "Unauthorized")
         else:
