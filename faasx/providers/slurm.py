@@ -63,14 +63,26 @@ def slurm_job_status(state: str, reason: str = "", exit_code: str = "") -> JobSt
     reason = reason.strip()
     if mapped == JobState.PENDING and reason.startswith("JobHeld"):
         mapped = JobState.HELD  # held by user/admin: will not start until released
-    code: Optional[int] = None
-    if exit_code.strip() and mapped in (JobState.COMPLETED, JobState.FAILED, JobState.TIMEOUT):
-        try:  # squeue prints "1", sacct "1:0" (exit code:signal)
-            code = int(exit_code.split(":")[0])
-        except ValueError:
-            pass
+    code, signal = _exit_code(exit_code)
+    if mapped not in (JobState.COMPLETED, JobState.FAILED, JobState.TIMEOUT):
+        code = signal = None
     message = f"Slurm state {name}" + (f", reason {reason}" if reason and reason != "None" else "")
+    if signal:
+        message += f", killed by signal {signal}"
     return JobStatus(mapped, message=message, exit_code=code)
+
+
+def _exit_code(text: str):
+    """(exit code, signal) from sacct's ``"3:0"`` or squeue's raw wait status (``768`` = exit 3)."""
+    text = text.strip()
+    try:
+        if ":" in text:
+            code, signal = text.split(":", 1)
+            return int(code), int(signal)
+        raw = int(text)
+    except ValueError:
+        return None, None
+    return raw >> 8, raw & 0x7F
 
 
 class SlurmProvider(BatchProvider):
