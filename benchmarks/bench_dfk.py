@@ -110,6 +110,7 @@ def main(argv=None) -> int:
     if args.child:
         C.child_main(args, measure)
         return 0
+    C.parse_common(args)
 
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     for s in systems:
@@ -166,6 +167,9 @@ def main(argv=None) -> int:
     print()
     for x in missed:
         print(f"MISSED: {x}")
+    note = C.busy_note(r for rs in runs.values() for r in rs)
+    if note:
+        print(note)
     for e in errors:
         print(f"ERROR: {e}")
     if not args.no_save:

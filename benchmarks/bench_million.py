@@ -155,6 +155,7 @@ def main(argv=None) -> int:
     if args.child:
         C.child_main(args, measure)
         return 0
+    C.parse_common(args)
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
@@ -199,6 +200,9 @@ def main(argv=None) -> int:
     print()
     for v in verdicts:
         print(v)
+    note = C.busy_note(runs.values())
+    if note:
+        print(note)
     for e in errors:
         print(f"ERROR: {e}")
     if not args.no_save:

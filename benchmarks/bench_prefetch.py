@@ -23,7 +23,6 @@ import argparse
 import itertools
 import os
 import sys
-import time
 
 try:
     from benchmarks import common as C
@@ -121,6 +120,7 @@ def main(argv=None) -> int:
     if args.child:
         C.child_main(args, measure)
         return 0
+    C.parse_common(args)
 
     info = C.machine_info()
     durations = [float(x) for x in args.durations.split(",")]
@@ -181,6 +181,9 @@ def main(argv=None) -> int:
     print()
     table = C.print_table(headers, rows, title="Throughput by task duration (tasks/s; eff = share of ideal)")
     print()
+    note = C.busy_note(runs.values())
+    if note:
+        print(note)
     for e in errors:
         print(f"ERROR: {e}")
     if not args.no_save:

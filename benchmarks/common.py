@@ -288,6 +288,53 @@ def _kill_all(procs: list, grace: float = 3.0) -> None:
     psutil.wait_procs(alive, timeout=grace)
 
 
+BUSY_CPU_PERCENT = 25.0
+WAIT_QUIET = 0.0  # set from --wait-quiet by parse_common()
+
+
+def machine_load(interval: float = 1.0) -> dict:
+    """Whole-machine CPU use over ``interval`` seconds, and the busiest processes (other benchmarks, tests
+    running on the same 2 cores make every number here noisy)."""
+    try:
+        import psutil
+    except ImportError:
+        return {"cpu_percent": None}
+    procs = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            p.cpu_percent(None)
+            procs.append(p)
+        except psutil.Error:
+            pass
+    cpu = psutil.cpu_percent(interval=interval)
+    top = []
+    for p in procs:
+        try:
+            c = p.cpu_percent(None)
+            if c >= 5.0:
+                top.append((c, p.pid, " ".join(p.cmdline())[:80] or p.name()))
+        except psutil.Error:
+            pass
+    top.sort(reverse=True)
+    return {"cpu_percent": cpu, "loadavg": os.getloadavg(), "top": top[:5]}
+
+
+def wait_for_quiet(max_wait: float, label: str = "", verbose: bool = True) -> dict:
+    """Sample the machine's CPU use; if it is busy, wait (up to ``max_wait`` s) for it to calm down.
+    Returns the last sample, with ``busy`` set when it is still above ``BUSY_CPU_PERCENT``."""
+    deadline = now() + max_wait
+    load = machine_load()
+    while (load.get("cpu_percent") or 0) > BUSY_CPU_PERCENT and now() < deadline:
+        time.sleep(2.0)
+        load = machine_load()
+    load["busy"] = (load.get("cpu_percent") or 0) > BUSY_CPU_PERCENT
+    if load["busy"] and verbose:
+        tops = "; ".join(f"{c:.0f}% {cmd}" for c, _, cmd in load.get("top", [])[:3]) or "short-lived processes"
+        print(f"  [{label}] WARNING: machine busy before this run ({load['cpu_percent']:.0f}% CPU in use, "
+              f"load {load['loadavg'][0]:.1f}): numbers will be noisy. Busiest: {tops}", flush=True)
+    return load
+
+
 def run_child(script: str, child_args: Sequence[str], timeout: float, label: str,
               settle: float = 5.0, verbose: bool = True, extra_env: dict | None = None) -> dict:
     """Run ``python script --child ... --child-out FILE`` in a fresh process and return its result.
@@ -309,6 +356,7 @@ def run_child(script: str, child_args: Sequence[str], timeout: float, label: str
     if extra_env:
         env.update(extra_env)
     cmd = [sys.executable, script, "--child-out", out_path, *child_args]
+    load_before = wait_for_quiet(WAIT_QUIET, label, verbose)
     if verbose:
         print(f"  [{label}] starting child: {' '.join(cmd[1:])}", flush=True)
     t0 = now()
@@ -364,6 +412,7 @@ def run_child(script: str, child_args: Sequence[str], timeout: float, label: str
     elif rc != 0 and not result.get("error"):
         result["error"] = f"child exited with code {rc} and wrote no result"
     result["wall"] = wall
+    result["load_before"] = load_before
     result["returncode"] = rc
     result["strays"] = strays
     result["log_tail"] = log_text[-4000:]
@@ -385,6 +434,17 @@ def run_child(script: str, child_args: Sequence[str], timeout: float, label: str
         if verbose:
             print(f"    (child's directory with its logs kept: {tmpdir})", flush=True)
     return result
+
+
+def busy_note(runs: Iterable[dict]) -> str | None:
+    """A line to print under a table when some runs started on a busy machine (else None)."""
+    runs = list(runs)
+    busy = [r for r in runs if (r.get("load_before") or {}).get("busy")]
+    if not busy:
+        return None
+    worst = max((r["load_before"].get("cpu_percent") or 0) for r in busy)
+    return (f"NOTE: {len(busy)} of {len(runs)} run(s) started while other processes used the CPU (up to "
+            f"{worst:.0f}%): those numbers are noisy; rerun with --wait-quiet 600 on an idle machine.")
 
 
 def _indent(text: str, prefix: str) -> str:
@@ -412,8 +472,16 @@ def child_main(args: argparse.Namespace, measure: Callable[[argparse.Namespace],
 def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="fast smoke run (a few hundred tasks)")
     p.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/*.json")
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="before each run, wait up to SECONDS for the machine to be idle (<25%% CPU); a busy "
+                        "machine is always reported")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
+
+
+def parse_common(args: argparse.Namespace) -> None:
+    global WAIT_QUIET
+    WAIT_QUIET = float(getattr(args, "wait_quiet", 0.0) or 0.0)
 
 
 def child_tmpdir() -> str:
