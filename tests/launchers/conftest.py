@@ -1,0 +1,261 @@
+"""Fixtures for the launcher and container tests.
+
+``shims``          a directory of recording stand-ins for srun, aprun, mpiexec, podman, docker, apptainer,
+                   singularity and shifter, first on PATH.  Each appends what it was called with (argv,
+                   working directory, environment, the hostfile's lines) to a JSON-lines log, then does the
+                   job for real on this host: a launcher runs its ``/bin/bash -c CMD`` once per task (with
+                   its rank variable set), an engine runs the ``/bin/sh ...`` part of its command line with
+                   the environment that engine would give the container.  So a fragment is executed end to
+                   end by bash, and the test sees both what each tool was asked and what the command did.
+``run_fragment``   run a launcher's fragment with bash in a directory, with a deadline.
+``podman_image``   (session) a real podman image built without any registry: a busybox-static rootfs
+                   with a marker file, ``podman import``-ed; containers.conf per the recipe (runc, lowered
+                   ulimits) in a temp dir, CONTAINERS_CONF pointing at it.  Removed at the end.
+``wait_for``       poll a function until it returns something truthy, or fail at a deadline.
+``image_marker``   what /etc/faasx-marker holds in that image.
+``python_binds``   bind specs that make the host's Python run inside the busybox image.
+``podman_containers``  list the containers of an image (to prove none is left behind).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+MARKER = "faasx-test-image-marker"
+SHIM_NAMES = ("srun", "aprun", "mpiexec", "podman", "docker", "apptainer", "singularity", "shifter")
+
+_SHIM = r'''
+import fcntl, json, os, subprocess, sys
+
+prog = os.path.basename(sys.argv[0])
+argv = sys.argv[1:]
+record = {"prog": prog, "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}
+if prog == "mpiexec" and "--hostfile" in argv:
+    with open(argv[argv.index("--hostfile") + 1]) as f:
+        record["hostfile"] = f.read().splitlines()
+with open(os.environ["LAUNCHER_SHIM_LOG"], "a") as log:
+    fcntl.flock(log, fcntl.LOCK_EX)
+    log.write(json.dumps(record) + "\n")
+
+LAUNCHERS = {"srun": "SLURM_PROCID", "aprun": "ALPS_APP_PE", "mpiexec": "PMI_RANK"}
+if prog in LAUNCHERS:
+    if prog == "srun":
+        ntasks = int([a for a in argv if a.startswith("--ntasks=")][0].split("=", 1)[1])
+    else:
+        ntasks = int(argv[argv.index("-n") + 1])
+    cmd = argv[argv.index("/bin/bash"):]
+    procs = [subprocess.Popen(cmd, env=dict(os.environ, **{LAUNCHERS[prog]: str(rank)})) for rank in range(ntasks)]
+    sys.exit(max(p.wait() for p in procs))
+
+# a container engine: run the /bin/sh part on this host, with the environment the container would get
+inner = argv[argv.index("/bin/sh"):]
+env = {"PATH": os.environ["PATH"]}
+if prog in ("podman", "docker"):
+    for a in argv[:argv.index("/bin/sh")]:
+        if a.startswith("--env="):
+            name, eq, value = a[len("--env="):].partition("=")
+            if eq:
+                env[name] = value
+            elif name in os.environ:
+                env[name] = os.environ[name]
+elif prog in ("apptainer", "singularity"):
+    prefix = "APPTAINERENV_" if prog == "apptainer" else "SINGULARITYENV_"
+    env.update(os.environ)
+    env.update({k[len(prefix):]: v for k, v in os.environ.items() if k.startswith(prefix)})
+else:  # shifter keeps the caller's environment
+    env.update(os.environ)
+sys.exit(subprocess.call(inner, env=env))
+'''
+
+
+class ShimLog:
+    """The calls recorded by the shims, in order."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def calls(self, prog: str | None = None) -> list:
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        return [r for r in records if prog is None or r["prog"] == prog]
+
+
+@pytest.fixture
+def shims(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "shim-bin"
+    bin_dir.mkdir()
+    source = f"#!{sys.executable}\n{_SHIM}"
+    for name in SHIM_NAMES:
+        path = bin_dir / name
+        path.write_text(source)
+        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    log = tmp_path / "shim-log.jsonl"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("LAUNCHER_SHIM_LOG", str(log))
+    return ShimLog(str(log))
+
+
+@pytest.fixture
+def run_fragment():
+    """``run_fragment(fragment, cwd, env=None, timeout=30) -> CompletedProcess`` (bash, new session)."""
+
+    def run(fragment: str, cwd, env: dict | None = None, timeout: float = 30.0):
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        proc = subprocess.Popen(["bash", "-c", fragment], cwd=str(cwd), env=full_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.communicate()
+            raise AssertionError(f"fragment did not finish within {timeout}s")
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    return run
+
+
+def _wait_for(fn, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {value!r}")
+
+
+@pytest.fixture
+def wait_for():
+    return _wait_for
+
+
+# -- podman ---------------------------------------------------------------------------------------------
+
+def _is_static_elf(path: str) -> bool:
+    """True if ``path`` is an ELF executable without a program interpreter (runs in an empty rootfs)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit only; that is all CI runs
+            return False
+        phoff, = struct.unpack_from("<Q", head, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    return all(struct.unpack_from("<I", table, i * phentsize)[0] != 3 for i in range(phnum))  # 3 = PT_INTERP
+
+
+def _podman_unavailable() -> str | None:
+    if shutil.which("podman") is None:
+        return "podman is not installed (apt-get install -y podman runc)"
+    if shutil.which("runc") is None:
+        return "runc is not installed (apt-get install -y runc)"
+    busybox = shutil.which("busybox")
+    if busybox is None or not _is_static_elf(busybox):
+        return "a static busybox is needed to build the test image (apt-get install -y busybox-static)"
+    return None
+
+
+def _python_binds() -> list:
+    """Host directories to bind read-only so the host's Python runs inside the busybox test image.
+
+    The image has ``/lib`` and ``/lib64`` symlinks into ``/usr``, so binding the host's ``/usr`` brings the
+    C library and the dynamic loader; the interpreter's prefix (pyenv, a venv) is bound when it lives
+    elsewhere.
+    """
+    dirs = ["/usr"]
+    for prefix in (sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable))):
+        prefix = os.path.realpath(prefix)
+        if not any(prefix == d or prefix.startswith(d + "/") for d in dirs):
+            dirs.append(prefix)
+    return [f"{d}:{d}:ro" for d in dirs]
+
+
+@pytest.fixture(scope="session")
+def podman_image():
+    """``(image_name, env)``: a local image whose /etc/faasx-marker holds MARKER; env has CONTAINERS_CONF."""
+    reason = _podman_unavailable()
+    if reason:
+        if os.environ.get("FAASX_REQUIRE_PODMAN") == "1":
+            pytest.fail(f"FAASX_REQUIRE_PODMAN=1 but {reason}")
+        pytest.skip(reason)
+    work = tempfile.mkdtemp(prefix="faasx-podman-")
+    conf = os.path.join(work, "containers.conf")
+    with open(conf, "w") as f:
+        # the recipe: crun fails on these machines (setrlimit, hybrid cgroups); runc with lowered ulimits works
+        f.write(textwrap.dedent("""\
+            [containers]
+            default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+            [engine]
+            runtime = "runc"
+            """))
+    rootfs = os.path.join(work, "rootfs")
+    for d in ("bin", "etc", "tmp", "usr"):
+        os.makedirs(os.path.join(rootfs, d))
+    shutil.copy2(shutil.which("busybox"), os.path.join(rootfs, "bin", "busybox"))
+    for applet in ("sh", "cat", "echo", "sleep", "kill", "env", "ls", "pwd", "nc", "printf", "id"):
+        os.symlink("busybox", os.path.join(rootfs, "bin", applet))
+    os.symlink("usr/lib", os.path.join(rootfs, "lib"))
+    os.symlink("usr/lib64", os.path.join(rootfs, "lib64"))
+    with open(os.path.join(rootfs, "etc", "faasx-marker"), "w") as f:
+        f.write(MARKER + "\n")
+    tar = os.path.join(work, "rootfs.tar")
+    subprocess.run(["tar", "-C", rootfs, "-cf", tar, "."], check=True)
+    image = f"localhost/faasx-test-launchers:{uuid.uuid4().hex[:12]}"
+    env = dict(os.environ, CONTAINERS_CONF=conf)
+    subprocess.run(["podman", "import", "--quiet", tar, image], check=True, env=env, capture_output=True,
+                   timeout=120)
+    try:
+        yield image, {"CONTAINERS_CONF": conf}
+    finally:
+        # containers of this image first (a failed test may have left one), then the image
+        ids = subprocess.run(["podman", "ps", "-aq", "--filter", f"ancestor={image}"], env=env,
+                             capture_output=True, text=True, timeout=60).stdout.split()
+        if ids:
+            subprocess.run(["podman", "rm", "-f", *ids], env=env, capture_output=True, timeout=120)
+        subprocess.run(["podman", "rmi", "-f", image], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _podman_containers(image: str, env: dict) -> list:
+    """IDs of all containers (running or not) made from ``image``."""
+    out = subprocess.run(["podman", "ps", "-aq", "--filter", f"ancestor={image}"], env=dict(os.environ, **env),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+@pytest.fixture
+def image_marker():
+    """The content of /etc/faasx-marker in ``podman_image`` (and nowhere on the host)."""
+    return MARKER
+
+
+@pytest.fixture
+def python_binds():
+    """Bind specs that make the host's Python usable inside the busybox test image."""
+    return _python_binds()
+
+
+@pytest.fixture
+def podman_containers():
+    """``podman_containers(image, env) -> [ids]``."""
+    return _podman_containers
