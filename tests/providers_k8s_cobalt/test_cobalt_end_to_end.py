@@ -39,6 +39,28 @@ def test_faasx_tasks_run_on_a_cobalt_block(fake_cobalt, tmp_path, wait_for):
     assert provider.status([job_id])[0].state in (JobState.CANCELLED, JobState.SCALED_IN, JobState.COMPLETED)
 
 
+def test_theta_like_configuration_with_the_default_aprun_launcher(fake_cobalt, tmp_path):
+    """CobaltProvider's defaults, as on Theta: AprunLauncher starts one manager per node of a 2-node block."""
+    provider = CobaltProvider(nodes_per_block=2, walltime="00:05:00", account="PROJ", queue="debug-flat-quad",
+                              scheduler_options="#COBALT --attrs mcdram=cache:numa=quad", init_blocks=1,
+                              max_blocks=1)
+    provider.status_polling_interval = 1
+
+    def where():
+        import os
+        import time
+        time.sleep(0.2)  # keep both managers busy
+        return os.environ["COBALT_JOBID"], os.environ["ALPS_APP_PE"]
+
+    with faasx.Executor(provider=provider, max_workers_per_node=1, run_dir=str(tmp_path / "run")) as ex:
+        results = [f.result(timeout=60) for f in [ex.submit(where) for _ in range(12)]]
+    (job_id,) = provider.resources
+    assert {r[0] for r in results} == {job_id}
+    assert {r[1] for r in results} == {"0", "1"}  # both nodes' managers served tasks
+    (script,) = [name for name in os.listdir(provider.script_dir) if name.endswith(".submit")]
+    assert "aprun -n 2 -N 1" in open(os.path.join(provider.script_dir, script)).read()
+
+
 def test_tasks_outlast_a_blocks_walltime(fake_cobalt, tmp_path):
     """The first block's walltime runs out mid-run: its manager drains (FAASX_WALLTIME_END), Cobalt ends the
     job, the executor gets a new block, and every task still completes."""

@@ -32,6 +32,10 @@ State lives in the directory named by ``FAASX_FAKE_COBALT_DIR`` (one JSON file p
 projects that exist, the node limit; and ``qstat_failures`` (a file holding a count: that many next
 ``qstat`` calls fail as if the Cobalt server did not answer).
 
+``aprun`` (Cray ALPS, which Theta's Cobalt jobs used to reach their compute nodes) is here too, so that
+``CobaltProvider``'s default ``AprunLauncher`` runs: it starts ``-n`` copies of a command on "nodes" that
+are all this machine, and only inside a job (see the ``aprun`` script).
+
 Each job is driven by a small detached "runner" process (``_cobalt.py run DIR JOBID``), playing the part
 of Cobalt's server and the MOM node for that job.
 """
