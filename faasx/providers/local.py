@@ -30,9 +30,10 @@ class LocalProvider(_ParslLocalProvider):
 
     Arguments are those of Parsl's ``LocalProvider`` plus ``walltime``.  Differences from Parsl's:
 
-    - ``cancel()`` sends SIGTERM to the block's process group, then SIGKILL to every process left in the
-      block's session after ``cancel_grace`` seconds (launchers may put each copy in its own process
-      group, so the group alone is not enough), and returns True per block only once nothing is left;
+    - ``cancel()`` sends SIGTERM to the block's process group, then SIGKILL after ``cancel_grace`` seconds
+      to every process left of the block -- its session plus the leader's descendants at cancel time
+      (launchers may put each copy in a process group or session of its own, so the group alone is not
+      enough) -- and returns True per block only once nothing is left;
     - ``status()`` never raises (Parsl's raises when the exit-code file is missing) and reports a block
       killed by a signal it did not send as FAILED with the signal in the message;
     - optional ``walltime``: the block is ended (SIGTERM, then SIGKILL) when it expires and reported as
@@ -183,32 +184,39 @@ class LocalProvider(_ParslLocalProvider):
             if job is None:
                 done.append(False)
                 continue
-            gone = not _block_alive(job['remote_pid'])
+            gone = not _block_alive(job['remote_pid'], job['proc'])
             if gone:
                 job['status'] = self._poll(job)
             done.append(gone)
         return done
 
     def _stop_groups(self, jobs) -> None:
-        # Signal every block first, then wait for all together: shutdown with many blocks stays fast.
+        # Who to stop is decided before signalling: once a parent dies its children are re-parented and
+        # could not be found any more.  Signal every block first, then wait for all together, so that
+        # shutting down many blocks takes one grace period, not one each.
+        members = {job['job_id']: _block_processes(job['remote_pid'], job['proc']) for job in jobs}
         for job in jobs:
             _signal_group(job['remote_pid'], signal.SIGTERM)
         deadline = time.monotonic() + self.cancel_grace
-        while time.monotonic() < deadline and any(_block_alive(j['remote_pid'], j['proc']) for j in jobs):
+        while time.monotonic() < deadline and any(_alive(members[j['job_id']], j) for j in jobs):
             time.sleep(0.05)
         for job in jobs:
-            left = _session_members(job['remote_pid'], job['proc'])
+            left = _alive(members[job['job_id']], job)
             if left:
                 logger.warning("local block %s: %d processes ignored SIGTERM; sending SIGKILL", job['job_id'],
                                len(left))
-                for pid in left:
+                for process in left:
                     try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
+                        process.kill()
+                    except psutil.Error:
                         pass
+        # SIGKILL is not instantaneous: wait (briefly) until the kernel has taken them all down.
+        deadline = time.monotonic() + self.cancel_grace
+        while time.monotonic() < deadline and any(_alive(members[j['job_id']], j) for j in jobs):
+            time.sleep(0.02)
         for job in jobs:
             try:
-                job['proc'].wait(timeout=self.cancel_grace)
+                job['proc'].wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 logger.error("local block %s did not exit after SIGKILL", job['job_id'])
 
@@ -220,20 +228,39 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def _session_members(sid: int, proc: Optional[subprocess.Popen] = None) -> List[int]:
-    """Live (non-zombie) processes of the block's session: everything the block started, whatever
-    process groups the launcher put them in."""
+def _block_processes(sid: int, proc: Optional[subprocess.Popen] = None) -> List[psutil.Process]:
+    """Live processes of a block: its session (whatever process groups the launcher made) plus every
+    descendant of its leader (which catches those that started a session of their own)."""
     if proc is not None:
         proc.poll()  # reap the leader: a zombie would look alive
-    members = []
+    found = {}
     for p in psutil.process_iter(["status"]):
         try:
             if p.info["status"] != psutil.STATUS_ZOMBIE and os.getsid(p.pid) == sid:
-                members.append(p.pid)
+                found[p.pid] = p
         except (OSError, psutil.Error):
             continue
-    return members
+    if proc is not None and proc.returncode is None:  # unreaped leader: its pid cannot have been reused
+        try:
+            for p in psutil.Process(sid).children(recursive=True):
+                found.setdefault(p.pid, p)
+        except psutil.Error:
+            pass
+    return list(found.values())
+
+
+def _alive(processes: List[psutil.Process], job) -> List[psutil.Process]:
+    job['proc'].poll()
+    alive = []
+    for p in processes:
+        try:  # is_running() also guards against a recycled pid
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except psutil.Error:
+            continue
+    known = {p.pid for p in alive}
+    return alive + [p for p in _block_processes(job['remote_pid'], job['proc']) if p.pid not in known]
 
 
 def _block_alive(sid: int, proc: Optional[subprocess.Popen] = None) -> bool:
-    return bool(_session_members(sid, proc))
+    return bool(_block_processes(sid, proc))
