@@ -114,13 +114,18 @@ class SingleNodeLauncher(_parsl.SingleNodeLauncher):
             "trap 'faasx_forward 2' INT\n"
             "trap 'faasx_forward 1' HUP\n"
             # job control only while starting the copies: each gets its own process group (so a forwarded
-            # signal reaches its children too); switched off again so bash prints no job reports.
+            # signal reaches its children too).  Bash reports jobs that end while it is on ("[1] Done");
+            # those reports go to /dev/null, the copies keep the real stderr (a saved descriptor).
+            "exec {faasx_stderr}>&2\n"
+            "{\n"
             "set -m\n"
             f"for faasx_i in $(seq 1 {count}); do\n"
-            '    faasx_cmd "$faasx_i" &\n'
+            '    faasx_cmd "$faasx_i" 2>&"$faasx_stderr" {faasx_stderr}>&- &\n'
             '    faasx_pids+=("$!")\n'
             "done\n"
             "set +m\n"
+            "} 2>/dev/null\n"
+            "exec {faasx_stderr}>&-\n"
             "faasx_ok=0\n"
             "faasx_failed=0\n"
             'for faasx_pid in "${faasx_pids[@]}"; do\n'

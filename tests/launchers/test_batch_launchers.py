@@ -80,13 +80,15 @@ def test_single_node_fragment_defines_the_command_as_a_function():
 # -- SingleNodeLauncher, for real --------------------------------------------------------------------------
 
 def test_single_node_starts_n_copies_each_with_its_index(tmp_path, run_fragment):
-    fragment = SingleNodeLauncher(debug=False)('echo "copy $1 pid $$ cores $CORES" >> copies.txt', 4, 1)
+    fragment = SingleNodeLauncher(debug=False)('echo "copy $1 pid $$ cores $CORES" >> copies.txt; echo "err $1" >&2', 4, 1)
     result = run_fragment(fragment, tmp_path)
     assert result.returncode == 0, result.stderr
     copies = lines(tmp_path / "copies.txt")
     assert sorted(int(c.split()[1]) for c in copies) == [1, 2, 3, 4]
     assert all(c.split()[5] == str(os.cpu_count()) for c in copies)
-    assert "Done" not in result.stdout and result.stderr == ""
+    # the copies' stderr is the job's; bash's job reports ("[1] Done ...") are not
+    assert sorted(result.stderr.splitlines()) == ["err 1", "err 2", "err 3", "err 4"]
+    assert result.stdout == ""
 
 
 def test_single_node_runs_tasks_per_node_times_nodes_copies(tmp_path, run_fragment):
