@@ -22,16 +22,26 @@ Errors are ``Status`` objects as the API server sends them, so the client raises
 checks that the client really used the kubeconfig it was given.
 
 There is no kubelet: a pod stays ``Pending`` until a test moves it with :meth:`FakeKubeAPI.set_phase`.
+With ``run_pods=True`` a tiny stand-in kubelet runs each pod's container command as a local process
+instead (the image is ignored; the container's ``env`` is added to this process's environment): the pod
+is ``Running`` while it runs, then ``Succeeded`` or ``Failed`` with its exit code; deleting the pod sends
+SIGTERM and, after ``grace_seconds``, SIGKILL to every process it started -- enough to run real faasx
+managers in "pods".
 :meth:`FakeKubeAPI.fail_next` makes the next calls of one kind fail (e.g. a 500 on list), and
 :attr:`FakeKubeAPI.requests` records every request with its decoded JSON body (header names lower-cased).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
+import os
 import re
+import signal
+import subprocess
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Tuple
@@ -112,9 +122,15 @@ def selector_matches(selector: Optional[str], labels: Dict[str, str]) -> bool:
 class FakeKubeAPI:
     """The fake API server.  Use as a context manager, or call :meth:`start` / :meth:`stop`."""
 
-    def __init__(self, token: str = "faasx-test-token", max_pods: Optional[int] = None):
+    def __init__(self, token: str = "faasx-test-token", max_pods: Optional[int] = None, run_pods: bool = False,
+                 grace_seconds: float = 5.0, log_dir: Optional[str] = None):
         self.token = token
         self.max_pods = max_pods  # a ResourceQuota on pods per namespace; None: unlimited
+        self.run_pods = run_pods
+        self.grace_seconds = grace_seconds
+        self.log_dir = log_dir    # where run pods' stdout/stderr go (NAME.log); None: discarded
+        self._procs: Dict[str, subprocess.Popen] = {}  # pod uid -> its container process
+        self._run_uids: List[str] = []                 # every pod ever run, for the leak check
         self.pods: Dict[Tuple[str, str], dict] = {}
         self.requests: List[Dict[str, Any]] = []
         self._faults: List[Dict[str, Any]] = []
@@ -145,6 +161,8 @@ class FakeKubeAPI:
         return self
 
     def stop(self) -> None:
+        for uid in list(self._procs):
+            self._kill_pod_processes(uid, grace=0)
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -322,6 +340,8 @@ class FakeKubeAPI:
         pod["status"] = {"phase": "Pending", "qosClass": "Burstable"}
         self._bump(pod)
         self.pods[(ns, name)] = pod
+        if self.run_pods:
+            self._start_pod(ns, name, pod)
         return 201, copy.deepcopy(pod)
 
     def _list(self, ns, _name, query, _body) -> Tuple[int, dict]:
@@ -343,7 +363,81 @@ class FakeKubeAPI:
             raise _Reject(404, "NotFound", f'pods "{name}" not found', {"name": name, "kind": "pods"})
         pod["metadata"]["deletionTimestamp"] = _now()
         self._bump(pod)
+        uid = pod["metadata"]["uid"]
+        if uid in self._procs:
+            threading.Thread(target=self._kill_pod_processes, args=(uid, self.grace_seconds), daemon=True).start()
         return 200, pod
+
+    # ------------------------------------------------------------------ the stand-in kubelet
+
+    _MARKER = "FAASX_FAKE_KUBE_POD"
+
+    def _start_pod(self, ns: str, name: str, pod: dict) -> None:
+        container = pod["spec"]["containers"][0]
+        argv = list(container.get("command") or []) + list(container.get("args") or [])
+        env = dict(os.environ)
+        env.update({e["name"]: e.get("value", "") for e in container.get("env") or []})
+        env[self._MARKER] = pod["metadata"]["uid"]
+        out = open(os.path.join(self.log_dir, f"{name}.log"), "ab") if self.log_dir else subprocess.DEVNULL
+        try:
+            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        except OSError as e:
+            self._finish(ns, name, pod["metadata"]["uid"], 128, f"StartError: {e}")
+            return
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()
+        self._procs[pod["metadata"]["uid"]] = proc
+        self._run_uids.append(pod["metadata"]["uid"])
+        self.set_phase(name, "Running", ns)
+        threading.Thread(target=self._watch, args=(ns, name, pod["metadata"]["uid"], proc), daemon=True).start()
+
+    def _watch(self, ns: str, name: str, uid: str, proc: subprocess.Popen) -> None:
+        code = proc.wait()
+        self._finish(ns, name, uid, 128 - code if code < 0 else code)
+
+    def _finish(self, ns: str, name: str, uid: str, code: int, message: Optional[str] = None) -> None:
+        with self._lock:
+            self._procs.pop(uid, None)
+            pod = self.pods.get((ns, name))
+            if pod is not None and pod["metadata"]["uid"] == uid:
+                self.set_phase(name, "Succeeded" if code == 0 else "Failed", ns, exit_code=code, message=message)
+
+    def _pod_pids(self, uid: str) -> List[int]:
+        needle = f"{self._MARKER}={uid}".encode() + b"\0"
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/environ", "rb") as f:
+                        if needle in f.read():
+                            pids.append(int(entry))
+                except OSError:
+                    continue
+        return pids
+
+    def pod_processes(self) -> List[int]:
+        """Live processes started by any run pod (none should outlive its pod)."""
+        with self._lock:
+            uids = list(self._run_uids)
+        return sorted({pid for uid in uids for pid in self._pod_pids(uid)})
+
+    def _kill_pod_processes(self, uid: str, grace: float) -> None:
+        """As a kubelet stops a container: SIGTERM to its main process, SIGKILL to all after the grace."""
+        proc = self._procs.get(uid)
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+        for pid in self._pod_pids(uid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
 
 
 class _Handler(BaseHTTPRequestHandler):
