@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
+import sys
 import traceback
 from typing import Any, Callable, Tuple
 
@@ -65,12 +67,47 @@ def serialize(obj: Any, what: str = "the arguments") -> bytes:
         raise SerializationError(what, f"{type(e).__name__}: {e}") from e
 
 
+class _MainClassUnpickler(dill.Unpickler):
+    """dill's Unpickler, except that a class sent by value from ``__main__`` resolves to this process's
+    own ``__main__`` class of that name when there is one.
+
+    Classes of the user's script travel by value (workers cannot import ``__main__``), so without this
+    a result or exception of such a class -- nested anywhere, such as the exception inside Parsl's
+    ``RemoteExceptionWrapper`` -- would come back as an instance of a look-alike copy, and
+    ``except ScriptError:`` in the script would not catch it.  dill itself does this only for the
+    top-level object.  The class already existing here is left as it is (no attribute is set on it).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._reused: set = set()
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in ("dill._dill", "dill.dill") and name == "_create_type":
+            return self._create_type
+        if module in ("builtins", "__builtin__") and name == "setattr":
+            return self._setattr
+        return super().find_class(module, name)
+
+    def _create_type(self, typeobj: Any, *args: Any) -> Any:
+        if len(args) == 3 and isinstance(args[2], dict) and args[2].get("__module__") == "__main__":
+            existing = getattr(sys.modules.get("__main__"), args[0], None)
+            if isinstance(existing, type) and existing.__module__ == "__main__" and existing.__name__ == args[0]:
+                self._reused.add(id(existing))
+                return existing
+        return typeobj(*args)
+
+    def _setattr(self, obj: Any, name: str, value: Any) -> None:
+        if id(obj) not in self._reused:    # dill's post-processing of a class it built
+            setattr(obj, name, value)
+
+
 def deserialize(payload: bytes) -> Any:
     codec = payload[:1]
     if codec == CODEC_PICKLE:
         return _loads(memoryview(payload)[1:])
     if codec == CODEC_DILL:
-        return dill.loads(bytes(memoryview(payload)[1:]))
+        return _MainClassUnpickler(io.BytesIO(bytes(memoryview(payload)[1:]))).load()
     raise ValueError(f"unknown payload codec {bytes(codec)!r}")
 
 
