@@ -93,8 +93,9 @@ def test_parsl_htex_runs_on_the_cobalt_provider(fake_cobalt, tmp_path):
 
     # Parsl pickles the app with a reference to this module: let the workers import it, as a user would
     here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(here))  # in case tests/ is imported as a package
     provider = CobaltProvider(launcher=SingleNodeLauncher(), walltime="00:05:00", init_blocks=1, max_blocks=1,
-                              worker_init=f'export PYTHONPATH="{here}:$PYTHONPATH"')
+                              worker_init=f'export PYTHONPATH="{here}:{root}:$PYTHONPATH"')
     provider.status_polling_interval = 1
     config = Config(executors=[HighThroughputExecutor(label="htex_cobalt", provider=provider,
                                                       max_workers_per_node=1, address="127.0.0.1")],
