@@ -319,13 +319,47 @@ def machine_load(interval: float = 1.0) -> dict:
     return {"cpu_percent": cpu, "loadavg": os.getloadavg(), "top": top[:5]}
 
 
+def _machine_busy_cpu_s() -> float | None:
+    try:
+        import psutil
+        t = psutil.cpu_times()
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+    except Exception:
+        return None
+
+
+def _wait_with_rusage(proc: subprocess.Popen, timeout: float):
+    """Wait for ``proc`` up to ``timeout`` s; returns (returncode, rusage) or (None, None) on timeout."""
+    deadline = now() + timeout
+    delay = 0.005
+    while True:
+        try:
+            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+        except ChildProcessError:
+            return proc.returncode, None
+        if pid:
+            rc = os.waitstatus_to_exitcode(status)
+            proc.returncode = rc
+            return rc, rusage
+        if now() >= deadline:
+            return None, None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
 def wait_for_quiet(max_wait: float, label: str = "", verbose: bool = True) -> dict:
     """Sample the machine's CPU use; if it is busy, wait (up to ``max_wait`` s) for it to calm down.
     Returns the last sample, with ``busy`` set when it is still above ``BUSY_CPU_PERCENT``."""
     deadline = now() + max_wait
     load = machine_load()
-    while (load.get("cpu_percent") or 0) > BUSY_CPU_PERCENT and now() < deadline:
-        time.sleep(2.0)
+    quiet_streak = 0
+    while now() < deadline:  # with --wait-quiet: 3 quiet seconds in a row
+        if (load.get("cpu_percent") or 0) <= BUSY_CPU_PERCENT:
+            quiet_streak += 1
+            if quiet_streak >= 3:
+                break
+        else:
+            quiet_streak = 0
         load = machine_load()
     load["busy"] = (load.get("cpu_percent") or 0) > BUSY_CPU_PERCENT
     if load["busy"] and verbose:
@@ -362,18 +396,26 @@ def run_child(script: str, child_args: Sequence[str], timeout: float, label: str
     t0 = now()
     timed_out = False
     with open(log_path, "wb") as log:
+        busy0 = _machine_busy_cpu_s()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, cwd=tmpdir, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        rc, rusage = _wait_with_rusage(proc, timeout)
+        if rc is None:
             timed_out = True
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except OSError:
                 pass
-            rc = proc.wait()
+            rc, rusage = _wait_with_rusage(proc, 30)
+        busy1 = _machine_busy_cpu_s()
     wall = now() - t0
+    # CPU used by everything else on the machine while the child ran: the machine's busy CPU time minus
+    # the child tree's own (its rusage includes the descendants it reaped: interchange, workers, ...)
+    other = None
+    if busy0 is not None and busy1 is not None and rusage is not None:
+        child_cpu = rusage.ru_utime + rusage.ru_stime
+        ncpu = os.cpu_count() or 1
+        other = max(0.0, (busy1 - busy0) - child_cpu) / (wall * ncpu) * 100.0
 
     # anything still alive with our tag: give it `settle` seconds to exit by itself, then it is a stray
     strays: list[str] = []
@@ -413,13 +455,18 @@ def run_child(script: str, child_args: Sequence[str], timeout: float, label: str
         result["error"] = f"child exited with code {rc} and wrote no result"
     result["wall"] = wall
     result["load_before"] = load_before
+    result["other_cpu_percent"] = other
+    if other is not None and other > BUSY_CPU_PERCENT:
+        result.setdefault("load_before", {})["busy"] = True
     result["returncode"] = rc
     result["strays"] = strays
     result["log_tail"] = log_text[-4000:]
     if verbose:
         status = "ok" if result.get("ok") else "ERROR"
         print(f"  [{label}] {status} in {wall:.1f}s" + (f"; {len(strays)} STRAY process(es) killed" if strays
-                                                         else ""), flush=True)
+                                                         else "")
+              + (f"; other processes used {other:.0f}% of the machine meanwhile" if other is not None else ""),
+              flush=True)
         if not result.get("ok"):
             print(_indent(str(result.get("error")), "    | "), flush=True)
             if log_text.strip():
@@ -442,9 +489,9 @@ def busy_note(runs: Iterable[dict]) -> str | None:
     busy = [r for r in runs if (r.get("load_before") or {}).get("busy")]
     if not busy:
         return None
-    worst = max((r["load_before"].get("cpu_percent") or 0) for r in busy)
-    return (f"NOTE: {len(busy)} of {len(runs)} run(s) started while other processes used the CPU (up to "
-            f"{worst:.0f}%): those numbers are noisy; rerun with --wait-quiet 600 on an idle machine.")
+    worst = max(max(r["load_before"].get("cpu_percent") or 0, r.get("other_cpu_percent") or 0) for r in busy)
+    return (f"NOTE: {len(busy)} of {len(runs)} run(s) shared the machine with other busy processes (up to "
+            f"{worst:.0f}% of its CPU): those numbers are noisy; rerun with --wait-quiet 600 on an idle machine.")
 
 
 def _indent(text: str, prefix: str) -> str:
