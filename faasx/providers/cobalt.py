@@ -55,13 +55,10 @@ from parsl.launchers.base import Launcher
 from parsl.providers.cluster_provider import ClusterProvider
 from parsl.utils import RepresentationMixin
 
+from faasx.launchers import AprunLauncher
 from faasx.providers.base import (job_environment, run_command, SchedulerCommandError, status_command,
                                   submit_command, walltime_to_seconds)
 
-try:  # faasx's own launchers when they exist, Parsl's otherwise (faasx's derive from Parsl's Launcher)
-    from faasx.launchers import AprunLauncher
-except ImportError:  # pragma: no cover - depends on what faasx.launchers provides
-    from parsl.launchers import AprunLauncher
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +69,6 @@ _STATE_TABLE = {
     "running": JobState.RUNNING,
     "exiting": JobState.RUNNING,   # tearing down; final state decided when the job vanishes
     "killing": JobState.RUNNING,
-    "dep_fail": JobState.FAILED,   # a dependency failed: the job will never run
 }
 
 # Columns we ask qstat for; parsing still finds them by name, so a site default works too.

@@ -15,6 +15,7 @@ import pytest
 from parsl.jobs.states import JobState
 from parsl.launchers import SimpleLauncher, SingleNodeLauncher
 
+import faasx.launchers
 from faasx.errors import ScaleOutFailed
 from faasx.providers import CobaltProvider
 from faasx.providers.cobalt import parse_qstat
@@ -52,7 +53,7 @@ def test_constructor_takes_parsl_cobalt_arguments_and_keeps_them_as_attributes()
     provider._validate_repr = True
     assert all(f"{arg}=" in repr(provider) for arg in PARSL_COBALT_ARGS)
     assert provider.label == "cobalt"
-    assert type(provider.launcher).__name__ == "AprunLauncher"  # Theta's default
+    assert isinstance(provider.launcher, faasx.launchers.AprunLauncher)  # Theta's default
 
 
 def test_malformed_walltime_is_refused_at_construction():
