@@ -120,14 +120,14 @@ def test_parse_qstat_finds_columns_by_name():
 # ------------------------------------------------------------------------------- end to end (stand-in)
 
 def test_job_runs_with_cobalt_environment_and_goes_pending_running_completed(fake_cobalt, tmp_path, wait_for):
-    fake_cobalt.configure(queue_seconds=1.0, start_seconds=0.3)
+    fake_cobalt.configure(queue_seconds=1.5, start_seconds=0.3)  # long enough to be seen in each state
     marker = tmp_path / "marker"
     provider = make_provider(tmp_path, nodes_per_block=2, walltime="00:05:00", account="PROJ",
                              worker_init="export FROM_INIT=yes")
     command = (f'{{ echo "jobid=$COBALT_JOBID"; echo "block=$FAASX_BLOCK_JOB_ID"; echo "part=$COBALT_PARTNAME"; '
                f'echo "end=$FAASX_WALLTIME_END"; echo "init=$FROM_INIT"; cat "$COBALT_NODEFILE"; }} '
                f'> {shlex.quote(str(marker))}.tmp && mv {shlex.quote(str(marker))}.tmp {shlex.quote(str(marker))}; '
-               'sleep 1')
+               'sleep 2')
     job_id = provider.submit(command, 1, "faasx.block-0")
     assert job_id.isdigit()
     assert fake_cobalt.jobs()[int(job_id)]["project"] == "PROJ"
