@@ -173,6 +173,9 @@ state=
 for _ in $(seq 120); do
   state=$(sinfo -h -n "$NODE" -o '%T' 2>/dev/null || true)
   [[ $state == idle ]] && break   # "idle*" = registered but not responding: keep waiting
+  while read -r name pid; do      # a daemon that died (bad config, port taken) will not come back
+    kill -0 "$pid" 2>/dev/null || fail "$name exited during start-up (see $D/log/$name.out)"
+  done < "$D/pids"
   sleep 0.25
 done
 [[ $state == idle ]] || fail "node $NODE never became idle (state '${state}')"

@@ -15,12 +15,8 @@ from parsl.jobs.states import JobState, JobStatus
 from parsl.launchers.base import Launcher
 from parsl.providers import LocalProvider as _ParslLocalProvider
 
+from faasx.launchers import SingleNodeLauncher
 from faasx.providers.base import job_environment, walltime_to_seconds
-
-try:  # faasx's own launchers when present, Parsl's otherwise (identical interface)
-    from faasx.launchers import SingleNodeLauncher
-except ImportError:  # pragma: no cover - depends on what else is installed
-    from parsl.launchers import SingleNodeLauncher
 
 logger = logging.getLogger(__name__)
 

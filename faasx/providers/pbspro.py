@@ -9,12 +9,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 from parsl.jobs.states import JobState, JobStatus
 from parsl.launchers.base import Launcher
 
+from faasx.launchers import SingleNodeLauncher
 from faasx.providers.base import BatchProvider, SchedulerCommandError, format_walltime, walltime_to_seconds
-
-try:  # faasx's own launchers when present, Parsl's otherwise (identical interface)
-    from faasx.launchers import SingleNodeLauncher
-except ImportError:  # pragma: no cover - depends on what else is installed
-    from parsl.launchers import SingleNodeLauncher
 
 logger = logging.getLogger(__name__)
 

@@ -9,12 +9,8 @@ from typing import Dict, List, Optional
 from parsl.jobs.states import JobState, JobStatus
 from parsl.launchers.base import Launcher
 
+from faasx.launchers import SrunLauncher
 from faasx.providers.base import BatchProvider, format_walltime
-
-try:  # faasx's own launchers when present, Parsl's otherwise (identical interface)
-    from faasx.launchers import SrunLauncher
-except ImportError:  # pragma: no cover - depends on what else is installed
-    from parsl.launchers import SrunLauncher
 
 logger = logging.getLogger(__name__)
 
