@@ -273,6 +273,13 @@ class BatchProvider(ClusterProvider, RepresentationMixin):
     ``_cancel_argv(job_ids) -> list``
         The cancel command for these jobs.
 
+    Helpers for the subclass: ``_run`` / ``_submit`` / ``_ask`` (run_command / submit_command /
+    status_command with the provider's timeout, ``bin_dir`` and scheduler name), ``_new_job_files``,
+    ``_write_script``, ``_assemble_script`` (directives, ``scheduler_options``, the faasx contract,
+    ``worker_init``, launcher -- in that order) and ``_track``.  Each provider also offers a public
+    ``submit_script(command, tasks_per_node=1, job_name=...)`` returning the exact script ``submit``
+    would write, for tests of site configurations.
+
     ``self.resources`` maps job id to ``{'job_id', 'status', 'job_stdout_path', 'job_stderr_path'}`` as
     in Parsl, so Parsl's executors see the same structure.
     """
