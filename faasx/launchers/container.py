@@ -117,6 +117,19 @@ class ContainerLauncher(Launcher):
         patterns = "|".join(self.env_passthrough)
         return f"for faasx_v in $(compgen -e); do case $faasx_v in {patterns}) {action};; esac; done"
 
+    def _cwd_mount(self, flag: str) -> tuple:
+        """(prelude, word) mounting the job's working directory with ``flag`` (``--volume=$PWD:$PWD``).
+
+        When an explicit bind already has ``$PWD`` as its destination the engines refuse a second one
+        ("duplicate mount destination"), and ``$PWD`` is known only when the fragment runs: the prelude
+        then drops the cwd mount for that case.
+        """
+        if not self._mounts:
+            return "", flag
+        destinations = "|".join(shlex.quote(m.split(":")[1]) for m in self._mounts)
+        prelude = f'faasx_cwd=({flag}); case "$PWD" in {destinations}) faasx_cwd=();; esac;'
+        return prelude, '"${faasx_cwd[@]}"'
+
     def _inner_shell(self, command: str) -> list:
         # "$@" hands on the inner launcher's arguments: SingleNodeLauncher's copy index stays $1 inside
         return ["/bin/sh", "-c", shlex.quote(command), "faasx-launch", '"$@"']
@@ -142,15 +155,17 @@ class PodmanLauncher(ContainerLauncher):
     engine = "podman"
 
     def wrap(self, command: str) -> str:
-        words = [shlex.quote(self.executable), "run", "--rm", "--network=host", "--security-opt=label=disable",
-                 "--label=faasx.role=manager"]
+        prelude, cwd_mount = self._cwd_mount(f"--volume={_CWD_BIND}") if self.bind_cwd else ("", "")
+        words = [prelude] if prelude else []
+        words += [shlex.quote(self.executable), "run", "--rm", "--network=host", "--security-opt=label=disable",
+                  "--label=faasx.role=manager"]
         loop = self._passthrough_loop('printf -- "--env=%s " "$faasx_v"')
         if loop:
             # --env=NAME (no value): the engine copies the value from its own environment, i.e. the job's
             words.append(f"$({loop})")
         words += [shlex.quote(f"--env={k}={v}") for k, v in sorted(self.env.items())]
         if self.bind_cwd:
-            words += [f"--volume={_CWD_BIND}", f"--workdir={_CWD}"]
+            words += [cwd_mount, f"--workdir={_CWD}"]
         words += [shlex.quote(f"--volume={m}") for m in self._mounts]
         words += [shlex.quote(o) for o in self.options]
         words += [shlex.quote(self.image), "/bin/sh", "-c", shlex.quote(SIGNAL_FORWARDER), "faasx-init"]
@@ -189,10 +204,13 @@ class ApptainerLauncher(ContainerLauncher):
         if loop:
             lines.append(loop + ";")
         # NAME=value before the command: the name must stay unquoted for bash to see an assignment
+        prelude, cwd_mount = self._cwd_mount(f"--bind={_CWD}") if self.bind_cwd else ("", "")
+        if prelude:
+            lines.append(prelude)
         words = [f"{prefix}{k}={shlex.quote(v)}" for k, v in sorted(self.env.items())]
         words += [shlex.quote(self.executable), "exec"]
         if self.bind_cwd:
-            words += [f"--bind={_CWD}", f"--pwd={_CWD}"]
+            words += [cwd_mount, f"--pwd={_CWD}"]
         words += [shlex.quote(f"--bind={m}") for m in self._mounts]
         words += [shlex.quote(o) for o in self.options]
         words.append(shlex.quote(self.image))
@@ -222,10 +240,12 @@ class ShifterLauncher(ContainerLauncher):
 
     def wrap(self, command: str) -> str:
         image = self.image if self.image.startswith(("docker:", "id:", "custom:", "local:")) else "docker:" + self.image
-        words = [f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items())]
+        prelude, cwd_mount = self._cwd_mount(f"--volume={_CWD_BIND}") if self.bind_cwd else ("", "")
+        words = [prelude] if prelude else []
+        words += [f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items())]
         words += [shlex.quote(self.executable), shlex.quote(f"--image={image}")]
         if self.bind_cwd:
-            words += [f"--volume={_CWD_BIND}", f"--workdir={_CWD}"]
+            words += [cwd_mount, f"--workdir={_CWD}"]
         words += [shlex.quote(f"--volume={m}") for m in self._mounts]
         words += [shlex.quote(o) for o in self.options]
         words.append("--")

@@ -44,9 +44,11 @@ def test_podman_command_line():
     launcher = PodmanLauncher("localhost/sci:1", binds=["/data", ("/scratch/me", "/scratch", "ro")],
                               options=["--userns=keep-id"], env={"FIXED": "a b"})
     assert launcher.wrap("faasx-manager --port 5 '$X'") == (
+        # the job's directory is mounted unless it is one of the binds' destinations (known only at run time)
+        """faasx_cwd=(--volume="$PWD:$PWD"); case "$PWD" in /data|/scratch) faasx_cwd=();; esac; """
         "podman run --rm --network=host --security-opt=label=disable --label=faasx.role=manager "
         f"{PASS_PODMAN} '--env=FIXED=a b' "
-        '--volume="$PWD:$PWD" --workdir="$PWD" --volume=/data:/data --volume=/scratch/me:/scratch:ro '
+        '"${faasx_cwd[@]}" --workdir="$PWD" --volume=/data:/data --volume=/scratch/me:/scratch:ro '
         f"--userns=keep-id localhost/sci:1 /bin/sh -c {FWD} faasx-init "
         "/bin/sh -c 'faasx-manager --port 5 '\"'\"'$X'\"'\"'' faasx-launch \"$@\"")
 
@@ -62,8 +64,9 @@ def test_apptainer_command_line():
     launcher = ApptainerLauncher("/soft/images/sci.sif", binds=["/lus/eagle/p:/data"], options="--nv --cleanenv",
                                  env={"FIXED": "x"})
     assert launcher.wrap("faasx-manager") == (
-        f"{PASS_APPTAINER} APPTAINERENV_FIXED=x apptainer exec "
-        '--bind="$PWD" --pwd="$PWD" --bind=/lus/eagle/p:/data --nv --cleanenv /soft/images/sci.sif '
+        f"""{PASS_APPTAINER} faasx_cwd=(--bind="$PWD"); case "$PWD" in /data) faasx_cwd=();; esac; """
+        'APPTAINERENV_FIXED=x apptainer exec '
+        '"${faasx_cwd[@]}" --pwd="$PWD" --bind=/lus/eagle/p:/data --nv --cleanenv /soft/images/sci.sif '
         f"/bin/sh -c faasx-manager {TAIL}")
 
 
@@ -84,6 +87,14 @@ def test_shifter_command_line():
         f"/bin/sh -c faasx-manager {TAIL}")
     explicit = ShifterLauncher("docker:ubuntu:22.04", bind_cwd=True).wrap("m")
     assert explicit == f'shifter --image=docker:ubuntu:22.04 --volume="$PWD:$PWD" --workdir="$PWD" -- /bin/sh -c m {TAIL}'
+
+
+def test_without_binds_the_cwd_mount_is_plain():
+    assert PodmanLauncher("i", env_passthrough=()).wrap("m").startswith(
+        'podman run --rm --network=host --security-opt=label=disable --label=faasx.role=manager '
+        '--volume="$PWD:$PWD" --workdir="$PWD" i ')
+    assert ApptainerLauncher("i.sif", env_passthrough=()).wrap("m").startswith(
+        'apptainer exec --bind="$PWD" --pwd="$PWD" i.sif ')
 
 
 def test_wrapped_launcher_receives_the_container_command():
@@ -155,6 +166,24 @@ def test_podman_and_docker_fragments_pass_exactly_the_matching_variables(tmp_pat
         ["/bin/sh", "-c", PROBE, "faasx-launch", "1"], ["/bin/sh", "-c", PROBE, "faasx-launch", "2"]]
     assert read_lines(tmp_path / "probe.txt") == [
         f"no-marker copy={i} wt=1700000000 parsl=8 fixed=f v other=unset pwd={tmp_path}" for i in (1, 2)]
+
+
+@pytest.mark.parametrize("cls, prog, flag", [(PodmanLauncher, "podman", "--volume"),
+                                             (ApptainerLauncher, "apptainer", "--bind"),
+                                             (ShifterLauncher, "shifter", "--volume")])
+def test_the_cwd_is_not_mounted_twice(tmp_path, shims, run_fragment, cls, prog, flag):
+    """Binding the job's directory explicitly (e.g. a checkout the job runs in) must not add a second
+    mount at the same destination, which the engines refuse."""
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    launcher = cls("img", binds=[str(tmp_path)], bind_cwd=True, launcher=SingleNodeLauncher(debug=False))
+    for cwd in (tmp_path, other):
+        assert run_fragment(launcher("true", 1, 1), cwd).returncode == 0
+    inside, outside = (c["argv"] for c in shims.calls(prog))
+    own = f"{flag}={tmp_path}:{tmp_path}"
+    assert [a for a in inside if a.startswith(flag)] == [own]
+    cwd_mount = f"{flag}={other}:{other}" if flag == "--volume" else f"{flag}={other}"
+    assert [a for a in outside if a.startswith(flag)] == [cwd_mount, own]
 
 
 @pytest.mark.parametrize("cls, prog, prefix", [(ApptainerLauncher, "apptainer", "APPTAINERENV_"),
