@@ -81,7 +81,8 @@ def validate_container_spec(spec: Any) -> dict:
     ----------
     spec : mapping
         ``{"type": ..., "image": ..., "options": ...}``.  ``type`` is case-insensitive; ``options`` may be
-        a list of strings, one string (split with shell rules) or ``None``.
+        a list of strings, one string (split with shell rules) or ``None``.  A ``"key"`` entry (the
+        spec's :func:`container_key`, carried along with it) is checked and left out of the result.
 
     Returns
     -------
@@ -98,7 +99,7 @@ def validate_container_spec(spec: Any) -> dict:
         raise InvalidContainerSpec(
             f"container spec must be a dict like {{'type': 'podman', 'image': 'repo/name:tag'}}, "
             f"got {type(spec).__name__}")
-    unknown = sorted(str(k) for k in spec if k not in _SPEC_KEYS)
+    unknown = sorted(str(k) for k in spec if k not in _SPEC_KEYS and k != "key")
     if unknown:
         raise InvalidContainerSpec(
             f"container spec has unknown key(s) {unknown}: the accepted keys are {list(_SPEC_KEYS)}")
@@ -121,7 +122,12 @@ def validate_container_spec(spec: Any) -> dict:
     if image.startswith("-"):
         # would be parsed as an engine option, not as the image
         raise InvalidContainerSpec(f"container image {image!r} must not start with '-'")
-    return {"type": ctype, "image": image, "options": _normalize_options(spec.get("options"))}
+    norm = {"type": ctype, "image": image, "options": _normalize_options(spec.get("options"))}
+    if "key" in spec and spec["key"] != container_key(norm):
+        # a spec carried along with its routing key (as the engine stores it) must still match it
+        raise InvalidContainerSpec(f"container spec's 'key' {spec['key']!r} does not match its contents "
+                                   f"(expected {container_key(norm)!r})")
+    return norm
 
 
 def _normalize_options(options: Any) -> list:

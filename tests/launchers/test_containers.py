@@ -61,6 +61,15 @@ def test_bad_specs_are_refused_with_a_clear_message(spec, message):
     assert isinstance(info.value, FaaSXError) and isinstance(info.value, ValueError)
 
 
+def test_a_spec_may_carry_its_own_key_but_not_a_stale_one():
+    spec = {"type": "podman", "image": "img:1"}
+    with_key = dict(validate_container_spec(spec), key=container_key(spec))
+    assert validate_container_spec(with_key) == {"type": "podman", "image": "img:1", "options": []}
+    assert container_command(with_key, ["w"], environ={})[-1] == "w"
+    with pytest.raises(InvalidContainerSpec, match="does not match"):
+        validate_container_spec(dict(with_key, image="img:2"))
+
+
 def test_unknown_type_message_lists_the_known_types():
     with pytest.raises(InvalidContainerSpec) as info:
         validate_container_spec({"type": "kata", "image": "i"})
