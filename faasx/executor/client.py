@@ -54,6 +54,9 @@ class TaskFuture(Future):
         """Cancel the task.  A task still queued is never run; one already at a worker runs, and its
         result is discarded."""
         if super().cancel():
+            # CANCELLED -> CANCELLED_AND_NOTIFIED: concurrent.futures.wait()/as_completed() only
+            # count a cancelled future as done once its waiters have been notified
+            self.set_running_or_notify_cancel()
             self._client._cancel(self.parsl_executor_task_id)
             return True
         return False
@@ -204,6 +207,8 @@ class EngineClient:
         """Ask the interchange something (managers, blocks, stats ...); waits up to ``timeout``."""
         if self._fatal is not None:
             raise self._fatal
+        if self._closing:
+            raise ExecutorShutdown(f"executor {self.label} is shut down")
         fut: Future = Future()
         self._cmds_out.append((next(self._cmd_ids), name, args, fut))
         self._wake()

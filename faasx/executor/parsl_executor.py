@@ -375,14 +375,20 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
             self._client._fail_pending(BadStateException(self, exception))
 
     # ---- blocks ------------------------------------------------------------------------------
+    def _ask(self, name: str, args: Any = None, default: Any = None) -> Any:
+        """Ask the interchange; once the engine is down there is nothing to ask: ``default``."""
+        if self._client is None or not self._client.healthy:
+            return default
+        return self._client.request(name, args)
+
     def connected_managers(self) -> List[Dict[str, Any]]:
-        return self._client.request("managers") if self._client is not None else []
+        return self._ask("managers", default=[])
 
     def connected_blocks(self) -> List[str]:
-        return self._client.request("connected_blocks") if self._client is not None else []
+        return self._ask("connected_blocks", default=[])
 
     def interchange_stats(self) -> Dict[str, Any]:
-        return self._client.request("stats") if self._client is not None else {}
+        return self._ask("stats", default={})
 
     def scale_in(self, blocks: int, max_idletime: Optional[float] = None) -> List[str]:
         """Remove up to ``blocks`` blocks, longest-idle first.  With ``max_idletime`` only blocks idle
@@ -405,7 +411,7 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
             order = [b for b in order if idle[b] > max_idletime and busy[b] == 0]
         chosen = [b for b in order if b in self.blocks_to_job_id][:blocks]
         for block_id in chosen:
-            self._client.request("hold_block", block_id)
+            self._ask("hold_block", block_id)
         job_ids = [self.blocks_to_job_id[b] for b in chosen]
         if not job_ids:
             return []

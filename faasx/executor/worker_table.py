@@ -86,10 +86,13 @@ class WorkerTable:
         """Hand queued tasks to idle, ready workers."""
         if not self.queue:
             return []
-        idle = [s for s in self.slots.values() if s.ready and not s.tasks and s.container is None]
+        ready = [s for s in self.slots.values() if s.ready and s.container is None]
+        idle = [s for s in ready if not s.tasks]
         if not idle:
             return []
-        n = self.batch_size(len(idle))
+        # share the queue among all ready workers, not just those idle right now: otherwise the
+        # first worker to finish takes everything while its neighbours are a moment from done
+        n = self.batch_size(len(ready))
         out = []
         queue = self.queue
         for slot in idle:
