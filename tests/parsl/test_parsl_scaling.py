@@ -16,6 +16,7 @@ from parsl import python_app
 from parsl.jobs.states import JobState
 
 import faasx
+from faasx.errors import ExecutorShutdown
 from faasx.providers import LocalProvider
 
 from parsl_support import faasx_processes, load_dfk, pythonpath_init, run_processes, unload_dfk, wait_until
@@ -126,3 +127,4 @@ def test_dfk_cleanup_leaves_no_faasx_processes(tmp_path):
     wait_until(lambda: not faasx_processes(run_dir, procs), 20,
                lambda: f"no faasx process of the run after cleanup; left: {faasx_processes(run_dir, procs)}")
     assert running.done(), "the running task's future must resolve at cleanup"
+    assert isinstance(running.exception(timeout=0), ExecutorShutdown), running.exception(timeout=0)
