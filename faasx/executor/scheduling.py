@@ -18,8 +18,8 @@ Model
   when it has room, so the cost is O(tasks dispatched) whatever the number of managers.
 * Tasks may carry a routing key (``spec['container']`` or ``spec['gpus']``); keyed tasks wait in
   their own queue and go only to managers that accept the key, preferring those reported warm for it.
-* Priorities: a task with ``spec['priority']`` (lower runs first, as in Parsl's HTEX) waits in a
-  heap; plain tasks in a FIFO deque with priority 0.
+* Priorities, as in Parsl's HTEX: a task with ``spec['priority']`` waits in a heap (lower runs
+  first) and every prioritised task runs before any task without a priority, which wait in a FIFO.
 * A task whose manager or worker is lost is re-queued at the front, up to ``max_retries`` times;
   after that it is failed with the kind of loss.
 """
@@ -50,8 +50,8 @@ class TaskRecord:
         self.manager: Optional[bytes] = None
         self.cancelled = False
         self.key = routing_key(spec)
-        priority = spec.get("priority", 0) if spec else 0
-        self.priority = priority if isinstance(priority, (int, float)) else 0
+        priority = spec.get("priority") if spec else None
+        self.priority = priority if isinstance(priority, (int, float)) and not isinstance(priority, bool) else None
 
 
 def routing_key(spec: Optional[dict]) -> Optional[str]:
@@ -109,7 +109,7 @@ class ManagerRecord:
 
 
 class _Queue:
-    """Ready tasks of one routing key: a FIFO for priority 0, a heap for the others."""
+    """Ready tasks of one routing key: a heap for prioritised tasks, a FIFO for the rest."""
 
     __slots__ = ("fifo", "heap", "counter", "live")
 
@@ -120,7 +120,7 @@ class _Queue:
         self.live = 0          # queued and not cancelled
 
     def push(self, rec: TaskRecord, front: bool = False) -> None:
-        if rec.priority:
+        if rec.priority is not None:
             # retried tasks keep their priority but go before equal-priority newcomers
             heapq.heappush(self.heap, (rec.priority, -next(self.counter) if front else next(self.counter), rec))
         elif front:
@@ -132,7 +132,7 @@ class _Queue:
     def pop(self) -> Optional[TaskRecord]:
         while True:
             heap, fifo = self.heap, self.fifo
-            if heap and (not fifo or heap[0][0] < 0):
+            if heap:
                 rec = heapq.heappop(heap)[2]
             elif fifo:
                 rec = fifo.popleft()

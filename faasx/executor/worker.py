@@ -143,7 +143,12 @@ def main(argv=None) -> int:
     finally:
         worker.sock.close(0)
         worker.ctx.term()
-    return 0
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    # Skip interpreter teardown: after heavy user code (monitoring wrappers, big heaps) garbage
+    # collection at exit can take seconds, and the manager only grants a short grace period.
+    os._exit(0)
 
 
 if __name__ == "__main__":

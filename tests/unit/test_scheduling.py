@@ -104,14 +104,15 @@ def test_duplicate_task_ids_are_refused():
     assert [r.tid for r in dup] == [1] and s.queued == 1
 
 
-def test_priority_lower_value_runs_first_and_default_is_fifo():
+def test_priority_lower_value_runs_first_then_unprioritised_fifo_as_in_htex():
     s = Scheduler()
     s.submit(tasks([1, 2]))
-    s.submit(tasks([3], {"priority": -5}))
-    s.submit(tasks([4], {"priority": 10}))
+    s.submit(tasks([3], {"priority": 10}))
+    s.submit(tasks([4], {"priority": -5}))
+    s.submit(tasks([5], {"priority": 0}))
     s.register_manager(b"a", "0", 1, 10, {}, 0)
     (m, batch), = s.dispatch()
-    assert [r.tid for r in batch] == [3, 1, 2, 4]
+    assert [r.tid for r in batch] == [4, 5, 3, 1, 2]
 
 
 def test_drained_manager_gets_nothing_more():
