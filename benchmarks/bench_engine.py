@@ -100,9 +100,16 @@ def measure(args) -> dict:
             if r != i:
                 raise AssertionError(f"latency task {i} returned {r!r}")
         res["latency"] = C.summarize_latencies(lat)
+        # CPU per round trip, by process role, over a longer sequential run (CPU times tick at 10 ms)
+        if args.cpu_rounds:
+            cpu0 = C.tree_cpu()
+            for i in range(args.cpu_rounds):
+                submit(i).result(timeout=60)
+            res["latency"]["cpu_us"] = C.cpu_delta(cpu0, C.tree_cpu(), args.cpu_rounds)
 
         # ---- throughput: N tasks submitted one by one, then awaited
         n = args.tasks
+        cpu0 = C.tree_cpu()
         t = C.now()
         futs = [submit(i) for i in range(n)]
         t_sub = C.now() - t
@@ -113,7 +120,8 @@ def measure(args) -> dict:
             raise AssertionError(f"throughput: sum of results {total} != {n * (n - 1) // 2}")
         del futs
         res["throughput"] = {"tasks": n, "elapsed_s": elapsed, "tasks_per_s": n / elapsed,
-                             "submit_s": t_sub, "submit_per_s": n / t_sub}
+                             "submit_s": t_sub, "submit_per_s": n / t_sub,
+                             "cpu_us": C.cpu_delta(cpu0, C.tree_cpu(), n)}
 
         # ---- faasx only: map with chunking
         if system == "faasx" and args.map_tasks:
@@ -150,7 +158,7 @@ def combine(runs: list[dict]) -> dict | None:
         return None
     keys = [("cold_start_s",), ("import_s",), ("shutdown_s",), ("latency", "p50"), ("latency", "p90"),
             ("latency", "p99"), ("throughput", "tasks_per_s"), ("throughput", "submit_per_s"),
-            ("map", "tasks_per_s")]
+            ("map", "tasks_per_s"), ("latency", "cpu_us", "total"), ("throughput", "cpu_us", "total")]
     out: dict = {}
     for k in keys:
         vals = [get(r, *k) for r in ok]
@@ -165,6 +173,8 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", type=int, default=20_000, help="tasks for the throughput test (default 20,000)")
     p.add_argument("--latency", type=int, default=300, help="sequential round trips measured (default 300)")
     p.add_argument("--warmup", type=int, default=500, help="warm-up burst before measuring (default 500)")
+    p.add_argument("--cpu-rounds", type=int, default=2000,
+                   help="extra sequential round trips over which CPU per round trip is measured (default 2000)")
     p.add_argument("--map-tasks", type=int, default=200_000,
                    help="tasks for faasx map(chunksize) (default 200,000; 0 to skip)")
     p.add_argument("--chunksize", type=int, default=256)
@@ -178,6 +188,7 @@ def main(argv=None) -> int:
         args.tasks = min(args.tasks, 300)
         args.latency = min(args.latency, 50)
         args.warmup = min(args.warmup, 50)
+        args.cpu_rounds = min(args.cpu_rounds, 100)
         args.map_tasks = min(args.map_tasks, 2_000)
     if args.child:
         C.child_main(args, measure)
@@ -195,7 +206,7 @@ def main(argv=None) -> int:
           flush=True)
 
     child_args = ["--tasks", str(args.tasks), "--latency", str(args.latency), "--warmup", str(args.warmup),
-                  "--map-tasks", str(args.map_tasks), "--chunksize", str(args.chunksize),
+                  "--cpu-rounds", str(args.cpu_rounds), "--map-tasks", str(args.map_tasks), "--chunksize", str(args.chunksize),
                   "--workers", str(args.workers), "--cold-timeout", str(args.cold_timeout)]
     timeout = 240 + args.tasks / 300 + args.map_tasks / 2000 + args.cold_timeout
     runs: dict[str, list[dict]] = {s: [] for s in systems}
@@ -259,11 +270,27 @@ def main(argv=None) -> int:
         row(f"map chunksize={args.chunksize}", "map.tasks_per_s", C.fmt_rate, absolute=100_000.0)
     row("submit phase only", "throughput.submit_per_s", C.fmt_rate)
     row("latency p99", "latency.p99", C.fmt_ms)
+    row("CPU per round trip, all processes", "latency.cpu_us.total", C.fmt_us)
+    row("CPU per task in throughput run", "throughput.cpu_us.total", C.fmt_us)
     row("import time", "import_s", C.fmt_s)
     row("shutdown", "shutdown_s", C.fmt_s)
     print()
     table = C.print_table(headers, rows, title=f"Results (median of {args.repeat} fresh-process run(s) per "
                                                f"system; ratio = faasx / HTEX)")
+    # where the CPU goes, per process role (median over runs)
+    roles = ["client", "interchange", "manager", "worker", "other"]
+    brows = []
+    for s in systems:
+        for phase, label in (("latency", "per sequential round trip"), ("throughput", "per task, throughput run")):
+            cells = [f"{SYSTEMS[s]}, {label}"]
+            for role in roles + ["total"]:
+                vals = [get(r.get("result"), phase, "cpu_us", role) for r in runs[s] if r.get("ok")]
+                vals = [v for v in vals if v is not None]
+                cells.append(C.fmt_us(C.median(vals)) if vals else "-")
+            brows.append(cells)
+    print()
+    C.print_table(["CPU time (user+sys)"] + roles + ["total"], brows,
+                  title="Where the CPU goes (microseconds of CPU per task, by process role)")
     print()
     if missed:
         for x in missed:

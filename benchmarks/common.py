@@ -137,6 +137,10 @@ def fmt_s(v: float | None) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f} s"
 
 
+def fmt_us(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:,.0f} us"
+
+
 def fmt_mib(v: float | None) -> str:
     return "-" if v is None else f"{v / 2**20:,.1f} MiB"
 
@@ -572,6 +576,76 @@ def make_faas_executor(max_workers: int = 2, label: str = "faasx", **options):
         from parsl.providers import LocalProvider
     return faasx.FaaSExecutor(label=label, max_workers_per_node=max_workers,
                               provider=LocalProvider(init_blocks=1, max_blocks=1), **options)
+
+
+def _role(proc, parent_role: str | None) -> str:
+    try:
+        cmd = " ".join(proc.cmdline())
+    except Exception:
+        return "other"
+    if "interchange" in cmd:
+        return "interchange"
+    if "faasx-worker" in cmd or "worker import main" in cmd:
+        return "worker"
+    if "faasx-manager" in cmd or "process_worker_pool" in cmd:
+        return "worker" if parent_role == "manager" else "manager"
+    if parent_role == "manager":
+        return "worker"
+    return "other"
+
+
+def tree_cpu() -> dict:
+    """CPU seconds (user+system) used so far by this process and by each role among the processes it
+    started: ``client``, ``interchange``, ``manager``, ``worker``, ``other`` (shell wrappers).  Processes
+    are found as descendants and, since a provider may detach them (HTEX's workers end up re-parented),
+    by this run's environment tag.  Works for faasx and HTEX alike (roles come from command lines)."""
+    import psutil
+    me = psutil.Process()
+    procs = {}
+    try:
+        for c in me.children(recursive=True):
+            procs[c.pid] = c
+    except psutil.Error:
+        pass
+    tag = os.environ.get(TAG_ENV)
+    if tag:
+        for c in _tagged_processes(tag):
+            procs.setdefault(c.pid, c)
+    procs.pop(me.pid, None)
+    out = {"client": sum(me.cpu_times()[:2])}
+    roles = {me.pid: "client"}
+    parents = {}
+    for pid, c in procs.items():
+        try:
+            parents[pid] = c.ppid()
+        except psutil.Error:
+            pass
+    pending = [pid for pid in procs if pid in parents]
+    for _ in range(12):  # parents before children
+        rest = []
+        for pid in pending:
+            ppid = parents[pid]
+            if ppid in procs and ppid not in roles:
+                rest.append(pid)
+                continue
+            role = _role(procs[pid], roles.get(ppid))
+            roles[pid] = role
+            try:
+                out[role] = out.get(role, 0.0) + sum(procs[pid].cpu_times()[:2])
+            except psutil.Error:
+                pass
+        if len(rest) == len(pending):
+            break
+        pending = rest
+    return out
+
+
+def cpu_delta(before: dict, after: dict, per: int) -> dict:
+    """Microseconds of CPU per task (``per`` tasks) for each role, and ``total``."""
+    out = {k: (after.get(k, 0.0) - before.get(k, 0.0)) / per * 1e6 for k in after}
+    out = {k: v for k, v in out.items() if v > 0.05}
+    out["total"] = sum(out.values())
+    return out
 
 
 def wait_all(futures, timeout: float):

@@ -1,0 +1,213 @@
+#!/usr/bin/env python
+"""The latency floor on this machine: bare ZeroMQ relays with faasx's process topology, no engine.
+
+A round trip in faasx crosses client -> interchange -> manager -> worker and back: three processes
+besides the client, TCP for the first two hops, ``ipc://`` to the worker, and in the client a hand-off
+between the caller's thread and the I/O thread.  This script builds the same chain from minimal
+relays (DEALER sockets forwarding 2-frame messages, no serialization, no bookkeeping) and measures p50 /
+p90 of sequential round trips for:
+
+* ``direct``  -- the caller's thread sends and receives itself
+* ``thread``  -- like faasx's client: the caller appends to an outbox, wakes an I/O thread through a pipe,
+                 and waits on a ``concurrent.futures.Future`` that the I/O thread resolves
+
+with 1, 2 and 3 relay processes.  What faasx adds on top of the 3-relay ``thread`` row is the engine's
+own cost; bench_engine's p50 can be read against it.  Each variant runs in a fresh child process.
+
+    python benchmarks/bench_floor.py [--rounds 3000] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+try:
+    from benchmarks import common as C
+except ImportError:  # run as a script
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks import common as C
+
+
+def _relay(up_addr: str, down_addr: str | None) -> None:
+    import zmq
+    ctx = zmq.Context()
+    up = ctx.socket(zmq.DEALER)
+    up.setsockopt(zmq.LINGER, 0)
+    up.connect(up_addr)
+    if down_addr is None:  # the "worker": echo
+        while True:
+            if not up.poll(5000):
+                return
+            m = up.recv_multipart()
+            if m[0] == b"stop":
+                return
+            up.send_multipart(m)
+    down = ctx.socket(zmq.DEALER)
+    down.setsockopt(zmq.LINGER, 0)
+    down.bind(down_addr)
+    poller = zmq.Poller()
+    poller.register(up, zmq.POLLIN)
+    poller.register(down, zmq.POLLIN)
+    while True:
+        ev = dict(poller.poll(5000))
+        if not ev:
+            return
+        if up in ev:
+            m = up.recv_multipart()
+            down.send_multipart(m)
+            if m[0] == b"stop":
+                return
+        if down in ev:
+            up.send_multipart(down.recv_multipart())
+
+
+def measure(args) -> dict:
+    import multiprocessing as mp
+    import tempfile
+    import threading
+    from concurrent.futures import Future
+
+    import zmq
+
+    mode, _, hops_s = args.child.partition(":")
+    hops = int(hops_s)
+    tmp = tempfile.mkdtemp(prefix="faasx-floor-")
+    # hop i connects up to addrs[i]; the last hop (the "worker") is on ipc, the others on TCP
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    addrs = []
+    for i in range(hops):
+        if i == hops - 1 and hops > 1:
+            addrs.append(f"ipc://{tmp}/w")
+        else:
+            addrs.append(None)  # tcp, random port (bound below or by the relay)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    addrs[0] = f"tcp://127.0.0.1:{port}"
+    for i in range(1, hops):
+        if addrs[i] is None:
+            import socket as pysock
+            s = pysock.socket()
+            s.bind(("127.0.0.1", 0))
+            addrs[i] = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+            s.close()
+    procs = [mp.get_context("fork").Process(target=_relay, args=(addrs[i], addrs[i + 1] if i + 1 < hops else None),
+                                            daemon=True) for i in range(hops)]
+    for p in procs:
+        p.start()
+    lat: list[float] = []
+    try:
+        if mode == "direct":
+            def rt(k: int):
+                sock.send_multipart([b"t", b"%d" % k])
+                return sock.recv_multipart()
+            stop = None
+        else:
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            outbox: list = []
+            pending: dict = {}
+            stop = threading.Event()
+
+            def io():
+                poller = zmq.Poller()
+                poller.register(sock, zmq.POLLIN)
+                poller.register(r, zmq.POLLIN)
+                while not stop.is_set():
+                    ev = dict(poller.poll(100))
+                    if r in ev:
+                        try:
+                            os.read(r, 4096)
+                        except BlockingIOError:
+                            pass
+                    while outbox:
+                        k, f = outbox.pop()
+                        pending[k] = f
+                        sock.send_multipart([b"t", b"%d" % k])
+                    if sock in ev:
+                        while True:
+                            try:
+                                m = sock.recv_multipart(zmq.NOBLOCK)
+                            except zmq.Again:
+                                break
+                            pending.pop(int(m[1])).set_result(m)
+
+            th = threading.Thread(target=io, daemon=True)
+            th.start()
+
+            def rt(k: int):
+                f: Future = Future()
+                outbox.append((k, f))
+                os.write(w, b"x")
+                return f.result(10)
+        for k in range(args.warmup):
+            rt(k)
+        for k in range(args.rounds):
+            t = C.now()
+            rt(k)
+            lat.append(C.now() - t)
+        if stop is not None:
+            stop.set()
+            th.join(2)
+        sock.send_multipart([b"stop", b""])
+    finally:
+        for p in procs:
+            p.join(3)
+            if p.is_alive():
+                p.kill()
+        sock.close()
+        ctx.term()
+    return {"mode": mode, "hops": hops, "latency": C.summarize_latencies(lat)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    C.add_common_args(p)
+    p.add_argument("--rounds", type=int, default=3000)
+    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--repeat", type=int, default=1)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rounds = min(args.rounds, 200)
+        args.warmup = min(args.warmup, 50)
+    if args.child:
+        C.child_main(args, measure)
+        return 0
+    C.parse_common(args)
+    info = C.machine_info()
+    print(f"bench_floor: bare ZeroMQ relay chains, {args.rounds} sequential round trips; {info.get('cpus')} cpus, "
+          f"pyzmq {info.get('pyzmq')}", flush=True)
+    variants = [f"{m}:{h}" for h in (1, 2, 3) for m in ("direct", "thread")]
+    runs: dict[str, list] = {v: [] for v in variants}
+    errors = []
+    for rep in range(args.repeat):
+        for v in variants:
+            r = C.run_child(os.path.abspath(__file__), ["--child", v, "--rounds", str(args.rounds), "--warmup",
+                                                        str(args.warmup)], timeout=120, label=v, verbose=False)
+            runs[v].append(r)
+            if not r.get("ok"):
+                errors.append(f"{v}: {(r.get('error') or '').strip().splitlines()[-1:]}")
+    rows = []
+    for v in variants:
+        mode, _, hops = v.partition(":")
+        ok = [r["result"]["latency"] for r in runs[v] if r.get("ok")]
+        rows.append([f"{mode}, {hops} relay process(es)", C.fmt_ms(C.median(x["p50"] for x in ok) if ok else None),
+                     C.fmt_ms(C.median(x["p90"] for x in ok) if ok else None)])
+    print()
+    table = C.print_table(["variant", "p50", "p90"], rows,
+                          title="Round-trip floor (faasx's topology is 'thread, 3 relay processes')")
+    note = C.busy_note(r for rs in runs.values() for r in rs)
+    if note:
+        print(note)
+    for e in errors:
+        print(f"ERROR: {e}")
+    if not args.no_save:
+        path = C.write_results("bench_floor", {"bench": "floor", "machine": info, "args": vars(args), "runs": runs,
+                                               "table": table, "errors": errors})
+        print(f"results written to {os.path.relpath(path)}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
