@@ -53,13 +53,16 @@ class TaskFuture(Future):
     def cancel(self) -> bool:
         """Cancel the task.  A task still queued is never run; one already at a worker runs, and its
         result is discarded."""
-        if super().cancel():
+        with self._condition:    # re-entrant: a second cancel() must not notify twice
+            if self.cancelled():
+                return True
+            if not super().cancel():
+                return False
             # CANCELLED -> CANCELLED_AND_NOTIFIED: concurrent.futures.wait()/as_completed() only
             # count a cancelled future as done once its waiters have been notified
             self.set_running_or_notify_cancel()
-            self._client._cancel(self.parsl_executor_task_id)
-            return True
-        return False
+        self._client._cancel(self.parsl_executor_task_id)
+        return True
 
 
 def _failure_exception(status: int, payload: bytes, tid: int) -> BaseException:
