@@ -1,9 +1,9 @@
 """faasx-manager: one per node; registers with the interchange and runs tasks on a pool of workers.
 
-A block's launcher starts this on each node.  The manager is a single-threaded event loop over two
-sockets -- a DEALER to the interchange (TCP, CurveZMQ when the executor is encrypted) and a ROUTER
-for its workers (``ipc://`` in a private directory) -- plus a periodic check of its worker
-processes.  It never runs user code, so it can always answer heartbeats.
+A block's launcher starts this on each node.  The manager is a single-threaded event loop over a
+DEALER socket to the interchange (TCP, CurveZMQ when the executor is encrypted) and one Unix
+socketpair per worker (``faasx.executor.channel``), plus a periodic check of its worker processes.
+It never runs user code, so it can always answer heartbeats.
 
 * Capacity: it asks the interchange for up to workers + prefetch tasks (``WorkerTable.prefetch``)
   and hands them to workers in adaptive batches.
@@ -22,12 +22,10 @@ import argparse
 import logging
 import math
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from typing import Dict, List, Optional
@@ -36,6 +34,7 @@ import psutil
 import zmq
 
 from faasx.executor import protocol as P
+from faasx.executor.channel import Channel, ChannelClosed, ChannelError
 from faasx.executor.processes import command, set_process_name
 from faasx.executor.worker_table import WorkerTable
 
@@ -96,14 +95,10 @@ class Manager:
         if args.cert_dir:
             from faasx.executor.security import configure_client
             configure_client(self.ic, args.cert_dir)
-        self.ipc_dir = tempfile.mkdtemp(prefix="faasx-mgr-")
-        self.worker_url = f"ipc://{self.ipc_dir}/workers"
-        self.workers = self.ctx.socket(zmq.ROUTER)
-        self.workers.setsockopt(zmq.LINGER, 0)
-        self.workers.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.workers.setsockopt(zmq.SNDHWM, 0)
-        self.workers.setsockopt(zmq.RCVHWM, 0)
-        self.workers.bind(self.worker_url)
+        self.chans: Dict[int, Channel] = {}
+        self.fd_wid: Dict[int, int] = {}
+        self.poller = zmq.Poller()
+        self.poller.register(self.ic, zmq.POLLIN)
 
     def _drain_deadline(self) -> float:
         deadlines = []
@@ -132,44 +127,77 @@ class Manager:
         env["FAASX_MANAGER_ID"] = self.mid.decode()
         env["FAASX_BLOCK_ID"] = str(self.block_id)
         log_base = os.path.join(self.args.logdir, f"worker_{self.mid.decode()}_{wid}")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         argv = command("faasx-worker", "faasx.executor.worker") + [
-            "--url", self.worker_url, "--worker-id", str(wid), "--manager-pid", str(os.getpid()),
+            "--fd", str(theirs.fileno()), "--worker-id", str(wid), "--manager-pid", str(os.getpid()),
             "--max-payload-size", str(self.args.max_payload_size), "--log-file", log_base + ".log"]
         if self.args.debug:
             argv.append("--debug")
-        with open(log_base + ".out", "ab") as out:
-            # own session: at shutdown we kill the worker's whole process group, children included
-            self.procs[wid] = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                               stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            with open(log_base + ".out", "ab") as out:
+                # own session: at shutdown we kill the worker's whole process group, children included
+                self.procs[wid] = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                                   stderr=subprocess.STDOUT, start_new_session=True,
+                                                   pass_fds=(theirs.fileno(),))
+        finally:
+            theirs.close()
+        chan = Channel(ours, max_message=self.args.max_payload_size * 2 + (64 << 20))
+        self.chans[wid] = chan
+        self.fd_wid[chan.fileno()] = wid
+        self.poller.register(chan.fileno(), zmq.POLLIN)
         self.table.add(wid)
         logger.info("started worker %d (pid %d)%s", wid, self.procs[wid].pid,
                     f" on accelerator {env['CUDA_VISIBLE_DEVICES']}" if self.accelerators else "")
 
+    def worker_gone(self, wid: int, results: list, payloads: list, detail: str = "") -> None:
+        """A worker died or broke its channel: report the tasks it held and start a replacement."""
+        chan = self.chans.pop(wid, None)
+        if chan is not None:
+            self.fd_wid.pop(chan.fileno(), None)
+            self.poller.unregister(chan.fileno())
+            chan.close()
+        proc = self.procs.pop(wid, None)
+        lost = self.table.remove(wid)
+        how = detail or "died"
+        pid = proc.pid if proc else -1
+        if proc is not None:
+            try:
+                code = proc.wait(0.5)
+            except subprocess.TimeoutExpired:
+                self._kill(proc)
+                code = proc.wait()
+            if not detail or code != 0:
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        if lost or (self.running and not self.draining):
+            logger.error("worker %d (pid %d) %s while holding %d task(s): %s", wid, pid, how, len(lost),
+                         [t[0] for t in lost])
+        for task in lost:
+            results.append([task[0], P.WORKER_LOST])
+            payloads.append(P.failure_payload(
+                "WorkerLost", f"task {task[0]}: worker {wid} (pid {pid}) on {self.hostname} {how} while "
+                "running it. If the function crashes the interpreter (segfault, os._exit, out of memory), "
+                "fix it or give it more memory (mem_per_worker).", 0))
+        if self.running and not self.draining:
+            self.restarts[wid] = self.restarts.get(wid, 0) + 1
+            self.start_worker()
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
     def check_workers(self, results: list, payloads: list) -> None:
         for wid, proc in list(self.procs.items()):
-            code = proc.poll()
-            if code is None:
-                continue
-            del self.procs[wid]
-            lost = self.table.remove(wid)
-            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            logger.error("worker %d (pid %d) %s while holding %d task(s): %s", wid, proc.pid, how, len(lost),
-                         [t[0] for t in lost])
-            for task in lost:
-                results.append([task[0], P.WORKER_LOST])
-                payloads.append(P.failure_payload(
-                    "WorkerLost", f"task {task[0]}: worker {wid} (pid {proc.pid}) on {self.hostname} {how} while "
-                    "running it. If the function crashes the interpreter (segfault, os._exit, out of memory), "
-                    "fix it or give it more memory (mem_per_worker).", 0))
-            if self.running and not self.draining:
-                self.restarts[wid] = self.restarts.get(wid, 0) + 1
-                self.start_worker()
+            if proc.poll() is not None:
+                self.worker_gone(wid, results, payloads)
 
     def stop_workers(self, grace: float = 2.0) -> None:
-        for wid in list(self.table.slots):
+        for chan in self.chans.values():
             try:
-                self.workers.send_multipart([b"w%d" % wid] + P.pack(P.SHUTDOWN, {}), zmq.NOBLOCK)
-            except zmq.ZMQError:
+                chan.send(P.pack(P.SHUTDOWN, {}))
+            except OSError:
                 pass
         deadline = time.monotonic() + grace
         for proc in self.procs.values():
@@ -178,12 +206,13 @@ class Manager:
             except subprocess.TimeoutExpired:
                 pass
         for proc in self.procs.values():
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            self._kill(proc)   # the whole group: also children the functions left behind
             proc.wait()
+        for chan in self.chans.values():
+            chan.close()
         self.procs.clear()
+        self.chans.clear()
+        self.fd_wid.clear()
 
     # ---- main loop ---------------------------------------------------------------------------
     def connect(self) -> bool:
@@ -225,46 +254,46 @@ class Manager:
         if not self.connect():
             self.stop_workers(grace=0)
             self.ic.close(0)
-            self.workers.close(0)
             self.ctx.term()
-            shutil.rmtree(self.ipc_dir, ignore_errors=True)
             return 1
-        poller = zmq.Poller()
-        poller.register(self.ic, zmq.POLLIN)
-        poller.register(self.workers, zmq.POLLIN)
+        poller = self.poller
         hb_period = self.args.heartbeat_period
         threshold = self.args.heartbeat_threshold
         now = time.monotonic()
         last_ic = last_hb = last_check = last_capacity = now
         results: list = []
         payloads: list = []
-        ic_sock, w_sock = self.ic, self.workers
+        ic_sock = self.ic
         while self.running:
             timeout = 0 if self.table.queue and self._idle_worker_exists() else WORKER_CHECK_PERIOD * 1000
-            events = dict(poller.poll(timeout))
+            events = poller.poll(timeout)
             now = time.monotonic()
-            if ic_sock in events:
-                last_ic = now
-                for _ in range(1000):
+            for sock, _ in events:
+                if sock is ic_sock:
+                    last_ic = now
+                    for _ in range(1000):
+                        try:
+                            frames = ic_sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self.handle_interchange(frames)
+                else:
+                    wid = self.fd_wid.get(sock)
+                    chan = self.chans.get(wid) if wid is not None else None
+                    if chan is None:
+                        continue
                     try:
-                        frames = ic_sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self.handle_interchange(frames)
-            if w_sock in events:
-                for _ in range(10000):
-                    try:
-                        frames = w_sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self.handle_worker(frames, results, payloads, now)
+                        for frames in chan.recv_available():
+                            self.handle_worker(wid, frames, results, payloads, now)
+                    except (ChannelClosed, ChannelError, ConnectionResetError) as e:
+                        self.worker_gone(wid, results, payloads, f"closed its connection ({e})")
             if now - last_check >= WORKER_CHECK_PERIOD:
                 last_check = now
                 self.check_workers(results, payloads)
                 if time.time() >= self.drain_at and not self.draining:
                     self.start_drain("the block's walltime is nearly over" if os.environ.get("FAASX_WALLTIME_END")
                                      else f"drain_period of {self.args.drain_period}s reached")
-            self.dispatch_to_workers(now)
+            self.dispatch_to_workers(now, results, payloads)
             if results:
                 ic_sock.send_multipart(P.pack(P.RESULTS, results, payloads))
                 results, payloads = [], []
@@ -313,11 +342,9 @@ class Manager:
             self.malformed += 1
             logger.error("dropped malformed message from the interchange: %s", e)
 
-    def handle_worker(self, frames, results: list, payloads: list, now: float) -> None:
-        ident = frames[0]
+    def handle_worker(self, wid: int, frames, results: list, payloads: list, now: float) -> None:
         try:
-            wid = int(ident[1:]) if ident[:1] == b"w" else -1
-            msg_type, body, data = P.unpack(frames[1:])
+            msg_type, body, data = P.unpack(frames)
             if msg_type == P.RESULTS:
                 recs = P.check_results(body, data)
                 self.table.done(wid, [r[0] for r in recs], now)
@@ -325,28 +352,31 @@ class Manager:
                 payloads.extend(data)
             elif msg_type == P.READY:
                 if not self.table.mark_ready(wid):
-                    raise P.ProtocolError(f"READY from unknown worker {ident!r}")
+                    raise P.ProtocolError(f"READY from unknown worker {wid}")
             else:
                 raise P.ProtocolError(f"unexpected {P.TYPE_NAMES[msg_type]} message")
-        except (P.ProtocolError, ValueError) as e:
+        except P.ProtocolError as e:
             self.malformed += 1
-            logger.error("dropped malformed message from worker %r: %s", ident, e)
+            logger.error("dropped malformed message from worker %d: %s", wid, e)
 
-    def dispatch_to_workers(self, now: float) -> None:
+    def dispatch_to_workers(self, now: float, results: list, payloads: list) -> None:
         for slot, batch in self.table.assign(now):
-            ident = b"w%d" % slot.wid
+            chan = self.chans.get(slot.wid)
             missing = [t[1] for t in batch if t[1] not in slot.fids]
             try:
+                if chan is None:
+                    raise BrokenPipeError("no channel")
                 if missing:
                     fids = list(dict.fromkeys(missing))
                     have = [f for f in fids if f in self.codes]
-                    self.workers.send_multipart([ident] + P.pack(P.FUNCS, have, [self.codes[f] for f in have]))
+                    chan.send(P.pack(P.FUNCS, have, [self.codes[f] for f in have]))
                     slot.fids.update(have)
-                self.workers.send_multipart([ident] + P.pack(P.TASKS, [[t[0], t[1], t[2], t[3]] for t in batch],
-                                                              [t[4] for t in batch]))
-            except zmq.ZMQError as e:
-                # the worker's socket is gone; check_workers will report its tasks lost
-                logger.warning("could not send to worker %d: %s", slot.wid, e)
+                chan.send(P.pack(P.TASKS, [[t[0], t[1], t[2], t[3]] for t in batch], [t[4] for t in batch]))
+                if self.args.debug:
+                    logger.debug("tasks %s -> worker %d", [t[0] for t in batch], slot.wid)
+            except OSError as e:
+                # the worker is gone: its tasks (this batch included) are reported lost
+                self.worker_gone(slot.wid, results, payloads, f"could not be sent its tasks ({e})")
 
     def update_capacity(self) -> None:
         prefetch = self.table.prefetch()
@@ -374,9 +404,7 @@ class Manager:
         except zmq.ZMQError:
             pass
         self.ic.close()
-        self.workers.close(0)
         self.ctx.term()
-        shutil.rmtree(self.ipc_dir, ignore_errors=True)
         logger.info("manager %s exited (%s); %d task(s) were still held", self.mid.decode(),
                     self.terminate_reason or self.drain_reason or "exit", len(held))
         return 0

@@ -1,6 +1,7 @@
 """faasx-worker: runs functions for its manager, one task at a time.
 
-A worker connects to its manager's local socket (``ipc://``), says READY, and then loops: receive a
+A worker talks to its manager over an inherited Unix socket (``faasx.executor.channel``), says
+READY, and then loops: receive a
 batch of tasks, run each, send the results back.  Results of a batch go back together unless a
 task takes long, in which case finished results are flushed every few milliseconds so the manager
 and the client see them early.  Function code arrives once (FUNCS) and stays deserialized here.
@@ -14,15 +15,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
 import socket
 import sys
 import time
 from typing import Callable, Dict, List
 
-import zmq
-
 from faasx.errors import FunctionExited, PayloadTooLarge, SerializationError
 from faasx.executor import protocol as P
+from faasx.executor.channel import Channel, ChannelClosed, ChannelError
 from faasx.executor.processes import die_with_parent, set_process_name
 from faasx.executor.serialization import (deserialize, deserialize_function, serialize,
                                           serialize_exception)
@@ -33,30 +34,38 @@ FLUSH_INTERVAL = 0.005   # seconds between result flushes inside a long batch
 
 
 class Worker:
-    def __init__(self, url: str, worker_id: int, max_payload_size: int, debug: bool = False):
+    def __init__(self, fd: int, worker_id: int, max_payload_size: int, debug: bool = False):
         self.worker_id = worker_id
         self.max_payload_size = max_payload_size
         self.debug = debug
         self.host = socket.gethostname()
         self.codes: Dict[bytes, bytes] = {}
         self.functions: Dict[bytes, Callable] = {}
-        self.ctx = zmq.Context(io_threads=1)
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.IDENTITY, b"w%d" % worker_id)
-        self.sock.connect(url)
+        self.chan = Channel(socket.socket(fileno=fd), max_message=max_payload_size * 2 + (64 << 20))
         self.malformed = 0
 
+    def send(self, frames: List[bytes]) -> None:
+        self.chan.send(frames)
+
     def run(self, manager_pid: int) -> None:
-        sock = self.sock
-        sock.send_multipart(P.pack(P.READY, {"worker_id": self.worker_id, "pid": os.getpid()}))
+        chan = self.chan
+        poller = select.poll()
+        poller.register(chan.fileno(), select.POLLIN)
+        self.send(P.pack(P.READY, {"worker_id": self.worker_id, "pid": os.getpid()}))
         while True:
-            if not sock.poll(1000):
+            if not chan.buffered() and not poller.poll(1000):
                 if os.getppid() != manager_pid:
                     logger.warning("worker %d: manager %d is gone; exiting", self.worker_id, manager_pid)
                     return
                 continue
-            frames = sock.recv_multipart()
+            try:
+                frames = chan.recv()
+            except ChannelClosed:
+                logger.info("worker %d: the manager closed the channel; exiting", self.worker_id)
+                return
+            except ChannelError as e:
+                logger.error("worker %d: corrupt stream from the manager (%s); exiting", self.worker_id, e)
+                return
             try:
                 msg_type, body, payloads = P.unpack(frames)
                 if msg_type == P.TASKS:
@@ -89,10 +98,10 @@ class Worker:
             if i + 1 < n:
                 now = time.perf_counter()
                 if now - last_flush > FLUSH_INTERVAL:
-                    self.sock.send_multipart(P.pack(P.RESULTS, out_body, out_payloads))
+                    self.send(P.pack(P.RESULTS, out_body, out_payloads))
                     out_body, out_payloads, last_flush = [], [], now
         if out_body:
-            self.sock.send_multipart(P.pack(P.RESULTS, out_body, out_payloads))
+            self.send(P.pack(P.RESULTS, out_body, out_payloads))
 
     def execute(self, tid: int, fid: bytes, kind: int, payload: bytes):
         try:
@@ -126,7 +135,7 @@ class Worker:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="faasx-worker")
-    parser.add_argument("--url", required=True)
+    parser.add_argument("--fd", type=int, required=True, help="inherited socket to the manager")
     parser.add_argument("--worker-id", type=int, required=True)
     parser.add_argument("--manager-pid", type=int, required=True)
     parser.add_argument("--max-payload-size", type=int, default=1 << 30)
@@ -137,12 +146,13 @@ def main(argv=None) -> int:
     die_with_parent(args.manager_pid)
     logging.basicConfig(filename=args.log_file, level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
-    worker = Worker(args.url, args.worker_id, args.max_payload_size, args.debug)
+    worker = Worker(args.fd, args.worker_id, args.max_payload_size, args.debug)
     try:
         worker.run(args.manager_pid)
+    except (ChannelClosed, BrokenPipeError, ConnectionResetError):
+        logger.info("worker %d: lost the connection to the manager; exiting", args.worker_id)
     finally:
-        worker.sock.close(0)
-        worker.ctx.term()
+        worker.chan.close()
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
