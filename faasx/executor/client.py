@@ -107,6 +107,8 @@ class EngineClient:
         self._thread: Optional[threading.Thread] = None
         self.ic_proc: Optional[subprocess.Popen] = None
         self.ports: Dict[str, int] = {}
+        self.memo_store = None            # a MemoStore, set by the executor
+        self._memo_keys: Dict[int, bytes] = {}
         self.managers_connected = 0
         self.last_refusal: Optional[dict] = None
         self.stats = {"submitted": 0, "results": 0, "duplicates": 0}
@@ -177,7 +179,7 @@ class EngineClient:
         return cached
 
     def submit(self, fid: bytes, code: Optional[bytes], kind: int, spec: Optional[dict],
-               payload: bytes) -> TaskFuture:
+               payload: bytes, memo_key: Optional[bytes] = None) -> TaskFuture:
         if self._fatal is not None:
             raise self._fatal
         if self._closing:
@@ -185,6 +187,8 @@ class EngineClient:
         tid = next(self._ids)
         fut = TaskFuture(tid, self)
         self.futures[tid] = fut
+        if memo_key is not None:
+            self._memo_keys[tid] = memo_key
         if fid not in self._known_fids:
             if code is None:
                 raise FaaSXError(f"function {fid.hex()} has no code to send")
@@ -344,6 +348,7 @@ class EngineClient:
         self._in_flight -= len(body)
         self.stats["results"] += len(body)
         debug = self.debug
+        memo_keys = self._memo_keys
         for i, (tid, status) in enumerate(body):
             fut = futures.pop(tid, None)
             if fut is None:
@@ -351,6 +356,10 @@ class EngineClient:
                 logger.error("executor %s: result for unknown or already resolved task %d dropped", self.label, tid)
                 continue
             payload = payloads[i]
+            if memo_keys:
+                key = memo_keys.pop(tid, None)
+                if key is not None and status == P.OK and self.memo_store is not None:
+                    self.memo_store.put(key, payload)   # only successes are remembered
             try:
                 if status == P.OK:
                     try:
@@ -409,6 +418,7 @@ class EngineClient:
                 except InvalidStateError:
                     pass
         self._tasks_out.clear()
+        self._memo_keys.clear()
         self._in_flight = 0
 
     def _fail_everything(self, exc: BaseException) -> None:

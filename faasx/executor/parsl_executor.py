@@ -20,8 +20,9 @@ from typeguard import typechecked
 from faasx.errors import PayloadTooLarge, UnknownFunction
 from faasx.executor import protocol as P
 from faasx.executor.client import EngineClient, TaskFuture
+from faasx.executor.memo import MemoStore, memo_key
 from faasx.executor.registry import FunctionRegistry
-from faasx.executor.serialization import serialize
+from faasx.executor.serialization import deserialize, serialize
 
 logger = logging.getLogger("faasx.executor")
 
@@ -103,6 +104,10 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
         Where managers and workers write their logs (default: this executor's run directory).
     remote_monitoring_radio :
         Parsl monitoring radio for resource monitoring of tasks (None: Parsl's filesystem radio).
+    memo_store : str or None
+        Path of a SQLite file that keeps memoized results across runs (functions registered with
+        ``memoize=True``, or calls with ``{"memoize": True}`` in their resource specification).
+        None: memoized results live in memory for this executor's lifetime.
     """
 
     @typechecked
@@ -133,7 +138,8 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
                  block_error_handler: Union[bool, Callable] = True,
                  address_probe_timeout: float = 30.0,
                  worker_logdir_root: Optional[str] = None,
-                 remote_monitoring_radio: Optional[Any] = None):
+                 remote_monitoring_radio: Optional[Any] = None,
+                 memo_store: Optional[str] = None):
         if provider is None:
             from faasx.providers import LocalProvider
             provider = LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1)
@@ -176,6 +182,9 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
         self.address_probe_timeout = address_probe_timeout
         self.worker_logdir_root = worker_logdir_root
         self.remote_monitoring_radio = remote_monitoring_radio
+        self.memo_store = memo_store
+        self._memo: Optional[MemoStore] = None
+        self._memo_inflight: Dict[bytes, Future] = {}
         if remote_monitoring_radio is None:
             from parsl.monitoring.radios.filesystem import FilesystemRadio
             self.remote_monitoring_radio = FilesystemRadio()
@@ -221,7 +230,11 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
     def _manager_addresses(self) -> Tuple[List[str], str]:
         """(addresses managers try, address the interchange binds)."""
         if self.address:
-            return [self.address], (self.loopback_address if is_loopback(self.address) else "*")
+            if is_loopback(self.address):
+                # any 127.x address other than loopback_address (e.g. one on a test host's veth) must be
+                # bound itself: a socket bound to 127.0.0.1 does not accept connections to 127.10.0.1
+                return [self.address], (self.address if self.address.startswith("127.") else self.loopback_address)
+            return [self.address], "*"
         from faasx.providers import LocalProvider as FaaSXLocal
         from parsl.providers import LocalProvider as ParslLocal
         launcher = getattr(self.provider, "launcher", None)
@@ -254,6 +267,8 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
             "worker_port": self.worker_port, "max_retries": self.max_retries_on_system_failure,
             "cert_dir": cert_dir,
         })
+        self._memo = MemoStore(self.memo_store)
+        self._client.memo_store = self._memo
         self._launch_template = self._build_launch_cmd(addresses, ports["manager_port"], cert_dir)
         logger.info("executor %s: interchange up (manager port %d on %s); launch command: %s", self.label,
                     ports["manager_port"], bind, self._launch_template)
@@ -321,19 +336,50 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
         if self.bad_state_is_set:
             raise self.executor_exception
         spec = None
+        memoize = False
         if resource_specification:
             self.validate_resource_spec(resource_specification)
             spec = self._routing_spec(resource_specification)
+            memoize = bool(resource_specification.get("memoize"))
         if isinstance(func, str):
-            fid, code, fspec = self._registry.lookup(func)
-            if fspec:
-                spec = dict(fspec, **(spec or {}))
+            entry = self._registry.get(func)
+            fid, code = entry.fid, entry.code
+            if entry.spec:
+                spec = dict(entry.spec, **(spec or {}))
+            memoize = memoize or entry.memoize
         else:
             fid, code = client.function(func)
         payload = serialize((args, kwargs), "the arguments")
         if len(payload) > self.max_payload_size:
             raise PayloadTooLarge("the arguments", len(payload), self.max_payload_size)
+        if memoize:
+            return self._memoized(fid, code, spec, payload)
         return client.submit(fid, code, P.KIND_CALL, spec, payload)
+
+    def _memoized(self, fid: bytes, code: Optional[bytes], spec: Optional[dict], payload: bytes) -> Future:
+        """The hit path: a future resolved here and now, or the future of an identical running call."""
+        key = memo_key(fid, payload)
+        assert self._memo is not None and self._client is not None
+        hit = self._memo.get(key)
+        if hit is not None:
+            fut: Future = Future()
+            fut.set_result(deserialize(hit))
+            return fut
+        running = self._memo_inflight.get(key)
+        if running is not None:
+            shared: Future = Future()
+            running.add_done_callback(lambda f: _copy_outcome(f, shared))
+            return shared
+        fut = self._client.submit(fid, code, P.KIND_CALL, spec, payload, memo_key=key)
+        self._memo_inflight[key] = fut
+        fut.add_done_callback(lambda _f, key=key: self._memo_inflight.pop(key, None))
+        return fut
+
+    def memo_stats(self) -> Dict[str, int]:
+        """Hits, misses and stored entries of the memo store."""
+        if self._memo is None:
+            return {"hits": 0, "misses": 0, "entries": 0}
+        return {"hits": self._memo.hits, "misses": self._memo.misses, "entries": len(self._memo)}
 
     @staticmethod
     def _routing_spec(resource_specification: dict) -> Optional[dict]:
@@ -449,6 +495,8 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
             return
         logger.info("executor %s: shutting down", self.label)
         client.shutdown(timeout)
+        if self._memo is not None:
+            self._memo.close()
         job_ids = [j for b, j in self.blocks_to_job_id.items()
                    if b not in self._status or self._status[b].state not in TERMINAL_STATES]
         if job_ids and self.provider is not None:
@@ -458,6 +506,16 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
                 logger.warning("executor %s: cancelling blocks %s failed: %s", self.label, job_ids, e)
         super().shutdown()
         logger.info("executor %s: shut down", self.label)
+
+
+def _copy_outcome(src: Future, dst: Future) -> None:
+    if src.cancelled():
+        dst.cancel()
+        dst.set_running_or_notify_cancel()
+    elif src.exception() is not None:
+        dst.set_exception(src.exception())
+    else:
+        dst.set_result(src.result())
 
 
 def _register_as_htex_for_parsl_strategy() -> None:

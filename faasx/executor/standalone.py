@@ -94,6 +94,10 @@ class Executor(concurrent.futures.Executor):
         """[{function_id, name, container, memoize}] for every registered function."""
         return self.executor.registered_functions()
 
+    def memo_stats(self) -> dict:
+        """Memoization hits, misses and stored entries."""
+        return self.executor.memo_stats()
+
     # ---- submit ------------------------------------------------------------------------------
     def submit(self, fn: Union[Callable, str], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)``; ``fn`` is a callable or an id from ``register_function``."""
