@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import deque
+from collections import OrderedDict, deque
 from math import ceil
 from typing import Any, Deque, Dict, Iterable, List, Optional, Set, Tuple
 
@@ -151,9 +151,10 @@ class Scheduler:
         self.tasks: Dict[int, TaskRecord] = {}           # every task not yet finished
         self.managers: Dict[bytes, ManagerRecord] = {}
         self.queues: Dict[Optional[str], _Queue] = {DEFAULT_KEY: _Queue()}
-        # managers with room, in rotation order (dicts used as ordered sets)
-        self._idle: Dict[bytes, ManagerRecord] = {}
-        self._prefetch: Dict[bytes, ManagerRecord] = {}
+        # managers with room, in rotation order; OrderedDict because popping its front is O(1)
+        # (a plain dict's front slowly fills with deleted slots that every lookup must skip)
+        self._idle: "OrderedDict[bytes, ManagerRecord]" = OrderedDict()
+        self._prefetch: "OrderedDict[bytes, ManagerRecord]" = OrderedDict()
 
     # ---- tasks -------------------------------------------------------------------------------
     def submit(self, records: Iterable[TaskRecord]) -> List[TaskRecord]:
@@ -293,21 +294,18 @@ class Scheduler:
                 self._fill_keyed(key, q, out)
         return list(out.values())
 
-    def _fill(self, q: _Queue, tier: Dict[bytes, ManagerRecord], idle_tier: bool,
+    def _fill(self, q: _Queue, tier: "OrderedDict[bytes, ManagerRecord]", idle_tier: bool,
               out: Dict[bytes, Tuple[ManagerRecord, List[TaskRecord]]]) -> None:
-        # Rotate: each manager visited moves to the end of its tier (or leaves it when full), so
-        # successive dispatches start with a different manager.
-        for mid in list(tier):
-            if not q.live:
-                break
-            m = tier.get(mid)
-            if m is None:
-                continue
+        # Rotate: take managers from the front; one that still has room goes to the back, so the
+        # next dispatch starts elsewhere.  Each visit assigns at least one task, and no manager is
+        # visited twice per call, so the cost is O(tasks assigned) however many managers wait.
+        visits = len(tier)
+        while q.live and visits and tier:
+            visits -= 1
+            mid, m = tier.popitem(last=False)
             room = (m.workers if idle_tier else m.capacity) - len(m.tasks)
-            share = ceil(q.live / max(1, len(tier)))
-            n = min(room, share)
-            self._assign(m, q, n, out)
-            del tier[mid]
+            share = ceil(q.live / (len(tier) + 1))
+            self._assign(m, q, min(room, share), out)
             self._update_tier(m)
 
     def _fill_keyed(self, key: str, q: _Queue,

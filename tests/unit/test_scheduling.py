@@ -186,3 +186,19 @@ def test_dispatch_cost_does_not_grow_with_idle_managers():
     assert [m.mid for m, _ in out] in ([], ) or out == []
     assert s.managers[b"m5"].tasks == {10**9}
     assert elapsed < 0.05, f"100 dispatches over 100k full managers took {elapsed:.3f}s"
+
+
+def test_dispatch_cost_does_not_grow_with_many_idle_managers():
+    """A trickle of single tasks over 100k idle managers: each dispatch touches one manager."""
+    s = Scheduler()
+    for i in range(100_000):
+        s.register_manager(b"m%d" % i, "0", 1, 1, {}, 0)
+    t0 = time.perf_counter()
+    for tid in range(1000):
+        s.submit(tasks([tid]))
+        (m, batch), = s.dispatch()
+        assert s.complete(m.mid, tid, 1) is not None
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 0.5, f"1000 single-task dispatches over 100k idle managers took {elapsed:.3f}s"
+    used = {m for m in s.managers.values() if m.idle_since == 1}
+    assert len(used) == 1000          # rotation: a different manager each time
