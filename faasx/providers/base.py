@@ -434,4 +434,10 @@ class BatchProvider(ClusterProvider, RepresentationMixin):
 
     @property
     def status_polling_interval(self) -> int:
-        return 60
+        """Seconds between the executor's ``status()`` calls (60, as Parsl's batch providers; settable,
+        like the Cobalt and Kubernetes providers', e.g. to notice ended blocks sooner in tests)."""
+        return getattr(self, "_status_polling_interval", 60)
+
+    @status_polling_interval.setter
+    def status_polling_interval(self, seconds: int) -> None:
+        self._status_polling_interval = seconds

@@ -341,10 +341,6 @@ class PBSProProvider(BatchProvider):
     def _cancel_argv(self, job_ids: List[str]) -> List[str]:
         return ["qdel", *job_ids]
 
-    @property
-    def status_polling_interval(self) -> int:
-        return 60
-
 
 def _match_ids(job_ids: List[str], attrs: Dict[str, Dict[str, str]]) -> Dict[str, Dict[str, str]]:
     """qstat may name a job differently from qsub (``123.server`` vs ``123`` vs a longer host name):
