@@ -34,7 +34,7 @@ NON_DEFAULTS = dict(
     max_workers_per_node=3, available_accelerators=["0", "1", "2"], prefetch_capacity=7,
     heartbeat_period=2.0, heartbeat_threshold=9.0, drain_period=3600.0, drain_margin=30.0,
     max_retries_on_system_failure=4, max_payload_size=1 << 20, encrypted=False, block_error_handler=False,
-    address_probe_timeout=12.0, worker_logdir_root="/tmp/wlogs",
+    address_probe_timeout=12.0, worker_logdir_root="/tmp/wlogs", memo_store="/tmp/memo.sqlite",
 )
 
 
