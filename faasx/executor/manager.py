@@ -395,7 +395,9 @@ class Manager:
 
     def shutdown(self) -> int:
         held = self.table.all_tids()
-        self.stop_workers()
+        # BYE first: nothing a worker finishes from here on is forwarded, so the held tasks are lost to
+        # this manager already; saying so now lets the interchange re-dispatch them without waiting for
+        # the workers' shutdown grace (a job being cancelled has only KillWait seconds left anyway).
         try:
             self.ic.send_multipart(P.pack(P.BYE, {"reason": self.terminate_reason or self.drain_reason or "exit",
                                                   "lost": held}), zmq.NOBLOCK)
@@ -403,6 +405,7 @@ class Manager:
             self.ic.setsockopt(zmq.LINGER, 500)
         except zmq.ZMQError:
             pass
+        self.stop_workers()
         self.ic.close()
         self.ctx.term()
         logger.info("manager %s exited (%s); %d task(s) were still held", self.mid.decode(),
