@@ -42,7 +42,8 @@ from faasx.errors import FaaSXError
 
 __all__ = [
     "CONTAINER_TYPES", "InvalidContainerSpec", "validate_container_spec", "container_key",
-    "container_command", "normalize_binds", "SIGNAL_FORWARDER",
+    "container_command", "normalize_binds", "SIGNAL_FORWARDER", "ContainerStartError", "available_runtimes",
+    "remove_command",
 ]
 
 #: Container engines faasx can start workers in.
@@ -69,6 +70,29 @@ SIGNAL_FORWARDER = (
 
 class InvalidContainerSpec(FaaSXError, ValueError):
     """A container specification is malformed: unknown type, no image, bad options or binds."""
+
+
+class ContainerStartError(FaaSXError, RuntimeError):
+    """A task's container could not be started on its node (image missing, engine error, no Python or
+    faasx in the image, version mismatch).  The message carries the engine's own output and the fix."""
+
+
+def available_runtimes(which=None) -> list:
+    """The container engines on this node's PATH (``CONTAINER_TYPES`` order)."""
+    if which is None:
+        from shutil import which
+    return [t for t in CONTAINER_TYPES if which(t)]
+
+
+def remove_command(ctype: str, name: str, executable: Optional[str] = None) -> Optional[list]:
+    """The command that force-removes the named container (podman/docker), or None for engines whose
+    containers are plain processes of the caller (apptainer, singularity, shifter)."""
+    exe = executable or ctype
+    if ctype == "podman":
+        return [exe, "rm", "-f", "-t", "0", name]
+    if ctype == "docker":
+        return [exe, "rm", "-f", name]
+    return None
 
 
 Bind = Union[str, Sequence[str]]
@@ -211,7 +235,7 @@ def container_command(spec: Any, inner_argv: Sequence[str], *, binds: Iterable[B
                       env: Optional[Mapping[str, str]] = None, workdir: Optional[str] = None,
                       name: Optional[str] = None, executable: Optional[str] = None,
                       passthrough: Sequence[str] = ("FAASX_",),
-                      environ: Optional[Mapping[str, str]] = None) -> list:
+                      environ: Optional[Mapping[str, str]] = None, preserve_fds: int = 0) -> list:
     """The argv that runs ``inner_argv`` inside the container described by ``spec``.
 
     Parameters
@@ -238,6 +262,11 @@ def container_command(spec: Any, inner_argv: Sequence[str], *, binds: Iterable[B
         Prefixes of variables copied from ``environ`` into the container (default ``("FAASX_",)``).
     environ : mapping, optional
         Where passed-through variables are read from (default ``os.environ``).
+    preserve_fds : int
+        podman only: pass the caller's file descriptors 3 .. 3+N-1 into the container (``--preserve-fds``),
+        e.g. the socket to the manager.  The signal forwarder uses fd 3 itself, so a descriptor meant for
+        the command should be at 4 or above.  Other engines refuse it (docker has no such option;
+        Apptainer/Singularity/Shifter processes are children of the caller and inherit what it passes).
 
     Returns
     -------
@@ -258,12 +287,18 @@ def container_command(spec: Any, inner_argv: Sequence[str], *, binds: Iterable[B
     variables = _environment(env, environ, passthrough)
     if workdir is not None and not os.path.isabs(workdir):
         raise InvalidContainerSpec(f"workdir {workdir!r} must be an absolute path")
+    if not isinstance(preserve_fds, int) or preserve_fds < 0:
+        raise InvalidContainerSpec(f"preserve_fds must be a non-negative int, got {preserve_fds!r}")
+    if preserve_fds and ctype != "podman":
+        raise InvalidContainerSpec(f"preserve_fds is a podman option; {ctype} cannot pass file descriptors that way")
 
     if ctype in ("podman", "docker"):
         argv = [exe, "run", "--rm", "-i", "--network=host", "--security-opt=label=disable",
                 f"--label=faasx.container_key={container_key(norm)}"]
         if name:
             argv.append(f"--name={name}")
+        if preserve_fds:
+            argv.append(f"--preserve-fds={preserve_fds}")
         argv += [f"--volume={m}" for m in mounts]
         argv += [f"--env={k}={v}" for k, v in variables.items()]
         if workdir:

@@ -217,6 +217,9 @@ class Interchange:
             elif msg_type == P.HEARTBEAT:
                 if isinstance(body, dict) and isinstance(body.get("capacity"), int):
                     sched.set_capacity(mid, body["capacity"])
+                if isinstance(body, dict) and isinstance(body.get("warm"), list):
+                    # container keys with a ready worker there: dispatch prefers such managers
+                    sched.set_warm(mid, [k for k in body["warm"] if isinstance(k, str)])
             elif msg_type == P.DRAIN:
                 sched.deactivate(mid)
                 logger.info("manager %r (block %s) is draining: %s", mid, m.block_id,

@@ -9,6 +9,12 @@ It never runs user code, so it can always answer heartbeats.
   and hands them to workers in adaptive batches.
 * Workers that die are restarted; the tasks they held are reported as WORKER_LOST so the interchange
   can re-dispatch them.
+* Containers (``docs/containers.md``): a task whose spec names a container runs only on a worker
+  started inside it (``faasx.containers.container_command``); such workers are started on demand,
+  kept warm, reported in heartbeats (``{"warm": [keys]}``) so the interchange prefers this node for
+  them, and stopped when an idle worker's slot is needed for another kind of task.  A container that
+  dies before its worker says READY fails that key's tasks with the engine's own error after
+  ``MAX_CONTAINER_START_ATTEMPTS`` tries in a row.
 * Liveness: heartbeats to the interchange every ``heartbeat_period``; if the interchange is silent
   for ``heartbeat_threshold`` the manager stops its workers and exits.
 * Walltime: when the job's end (``FAASX_WALLTIME_END``, exported by faasx's providers) is near, the
@@ -33,16 +39,25 @@ from typing import Dict, List, Optional
 import psutil
 import zmq
 
+from faasx.containers import (ContainerStartError, InvalidContainerSpec, available_runtimes, container_command,
+                              remove_command, validate_container_spec)
 from faasx.executor import protocol as P
 from faasx.executor.channel import Channel, ChannelClosed, ChannelError
 from faasx.executor.processes import command, set_process_name
-from faasx.executor.worker_table import WorkerTable
+from faasx.executor.worker_table import WorkerTable, task_container
 
 logger = logging.getLogger("faasx.manager")
 
 ACCELERATOR_VARS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK")
 WORKER_CHECK_PERIOD = 0.1
 CAPACITY_UPDATE_PERIOD = 0.1
+MAX_CONTAINER_START_ATTEMPTS = 2   # failed starts in a row (before READY) after which a key's tasks fail
+BROKEN_CONTAINER_HOLD = 30.0       # seconds a failed key's new tasks fail at once, before one new try
+RETIRE_GRACE = 10.0                # seconds a stopped worker gets to exit before it is killed
+# exit codes with which podman/docker (and ``env``/shells) report their own failure, not the worker's: 125
+# the engine (image not known, pull failed, bad option), 126 command not executable, 127 command not found
+ENGINE_ERROR_CODES = (125, 126, 127)
+WORKER_FD_IN_CONTAINER = 4         # the socket's number inside a podman container (fd 3 is the forwarder's)
 
 
 def worker_count(max_workers_per_node: Optional[float], cores_per_worker: float, mem_per_worker: Optional[float],
@@ -99,6 +114,16 @@ class Manager:
         self.fd_wid: Dict[int, int] = {}
         self.poller = zmq.Poller()
         self.poller.register(self.ic, zmq.POLLIN)
+        # containers
+        self.runtimes = available_runtimes()
+        self.container_specs: Dict[str, dict] = {}        # key -> validated spec, learned from tasks
+        self.container_names: Dict[int, tuple] = {}       # wid -> (engine, container name) of container workers
+        self.start_failures: Dict[str, int] = {}          # key -> failed starts in a row
+        self.broken: Dict[str, tuple] = {}                # key -> (until, error message)
+        self.listeners: Dict[int, tuple] = {}             # listening fd -> (wid, socket, path)
+        self.retiring: Dict[int, tuple] = {}              # wid -> (process, kill deadline)
+        self.sock_dir: Optional[str] = None
+        self.advertised_warm: List[str] = []
 
     def _drain_deadline(self) -> float:
         deadlines = []
@@ -115,10 +140,8 @@ class Manager:
         return min(deadlines) if deadlines else math.inf
 
     # ---- workers -----------------------------------------------------------------------------
-    def start_worker(self) -> None:
-        wid = self.next_wid
-        self.next_wid += 1
-        env = dict(os.environ)
+    def _worker_env(self, wid: int) -> Dict[str, str]:
+        env: Dict[str, str] = {}
         if self.accelerators:
             device = self.accelerators[wid % len(self.accelerators)]
             for var in ACCELERATOR_VARS:
@@ -126,6 +149,16 @@ class Manager:
         env["FAASX_WORKER_ID"] = str(wid)
         env["FAASX_MANAGER_ID"] = self.mid.decode()
         env["FAASX_BLOCK_ID"] = str(self.block_id)
+        return env
+
+    def start_worker(self, container: Optional[str] = None) -> None:
+        if container is not None:
+            self.start_container_worker(container)
+            return
+        wid = self.next_wid
+        self.next_wid += 1
+        env = dict(os.environ)
+        env.update(self._worker_env(wid))
         log_base = os.path.join(self.args.logdir, f"worker_{self.mid.decode()}_{wid}")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         argv = command("faasx-worker", "faasx.executor.worker") + [
@@ -145,9 +178,236 @@ class Manager:
         self.chans[wid] = chan
         self.fd_wid[chan.fileno()] = wid
         self.poller.register(chan.fileno(), zmq.POLLIN)
-        self.table.add(wid)
+        self.table.add(wid, None, time.monotonic())
         logger.info("started worker %d (pid %d)%s", wid, self.procs[wid].pid,
                     f" on accelerator {env['CUDA_VISIBLE_DEVICES']}" if self.accelerators else "")
+
+    def _channel_mode(self, ctype: str) -> str:
+        """How a container worker reaches the manager: 'fd' (podman passes the inherited socket in with
+        --preserve-fds) or 'socket' (the worker connects to a Unix socket in a bind-mounted directory:
+        docker has no way to pass a descriptor, and Apptainer/Singularity/Shifter are not relied on to
+        keep one open)."""
+        mode = self.args.container_channel
+        if mode == "auto":
+            return "fd" if ctype == "podman" else "socket"
+        if mode == "fd" and ctype != "podman":
+            return "socket"
+        return mode
+
+    def start_container_worker(self, key: str) -> None:
+        """Start a worker inside container ``key``: the normal worker command, wrapped by the engine."""
+        spec = self.container_specs[key]
+        ctype = spec["type"]
+        wid = self.next_wid
+        self.next_wid += 1
+        now = time.monotonic()
+        name = f"faasx-{self.mid.decode()}-w{wid}".lower()
+        name = "".join(c if c.isalnum() or c in "_.-" else "-" for c in name)
+        log_base = os.path.join(self.args.logdir, f"worker_{self.mid.decode()}_{wid}")
+        inner = [self.args.container_python] + command("faasx-worker", "faasx.executor.worker")[1:] + [
+            "--worker-id", str(wid), "--manager-pid", "0", "--max-payload-size", str(self.args.max_payload_size)]
+        # the worker logs to stderr: its lines land in the .out file with the engine's own messages
+        if self.args.debug:
+            inner.append("--debug")
+        env = self._worker_env(wid)
+        mode = self._channel_mode(ctype)
+        ours = theirs = listener = None
+        stdin = subprocess.DEVNULL
+        try:
+            if mode == "fd":
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                fd = theirs.fileno()
+                inner += ["--fd", str(WORKER_FD_IN_CONTAINER)]
+                argv = container_command(spec, inner, env=env, name=name, preserve_fds=WORKER_FD_IN_CONTAINER - 2)
+                # podman passes fds 3..; the socket goes to 4 (the forwarder takes 3 for stdin).  Popen can
+                # only place a descriptor at 0-2, so it arrives as stdin and a shell that execs podman moves
+                # it (POSIX sh only redirects single-digit fds; no Python runs between fork and exec)
+                argv = ["/bin/sh", "-c", f'exec "$@" {WORKER_FD_IN_CONTAINER}<&0 3</dev/null 0</dev/null',
+                        "faasx-container-worker"] + argv
+                stdin = fd
+            else:
+                if self.sock_dir is None:
+                    import tempfile
+                    self.sock_dir = tempfile.mkdtemp(prefix="faasx-sock-")
+                    os.chmod(self.sock_dir, 0o711)
+                path = os.path.join(self.sock_dir, f"w{wid}-{uuid.uuid4().hex[:8]}.sock")
+                listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                listener.bind(path)
+                os.chmod(path, 0o666)   # the image may run as another user
+                listener.listen(1)
+                listener.setblocking(False)
+                inner += ["--connect", path]
+                argv = container_command(spec, inner, binds=[self.sock_dir], env=env, name=name)
+            with open(log_base + ".out", "ab") as out:
+                out.write(f"# faasx: starting worker {wid} in container {key}: {' '.join(argv)}\n".encode())
+                out.flush()
+                self.procs[wid] = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=subprocess.STDOUT,
+                                                   start_new_session=True)
+        except (OSError, InvalidContainerSpec) as e:
+            for s in (ours, theirs, listener):
+                if s is not None:
+                    s.close()
+            self.table.add(wid, key, now)
+            self._container_start_failed(wid, key, f"could not run the container engine: {e}", [], [])
+            return
+        finally:
+            if theirs is not None:
+                theirs.close()
+        self.container_names[wid] = (ctype, name)
+        if ours is not None:
+            self._add_channel(wid, ours)
+        else:
+            self.listeners[listener.fileno()] = (wid, listener, path)
+            self.poller.register(listener.fileno(), zmq.POLLIN)
+        self.table.add(wid, key, now)
+        logger.info("started worker %d in container %s (%s %s, pid %d, channel %s)", wid, key, ctype, spec["image"],
+                    self.procs[wid].pid, mode)
+
+    def _add_channel(self, wid: int, sock: socket.socket) -> None:
+        chan = Channel(sock, max_message=self.args.max_payload_size * 2 + (64 << 20))
+        self.chans[wid] = chan
+        self.fd_wid[chan.fileno()] = wid
+        self.poller.register(chan.fileno(), zmq.POLLIN)
+
+    def accept_container_worker(self, fd: int) -> None:
+        wid, listener, path = self.listeners.pop(fd)
+        self.poller.unregister(fd)
+        try:
+            conn, _ = listener.accept()
+        except OSError as e:
+            logger.error("worker %d: accepting its connection failed: %s", wid, e)
+            return
+        finally:
+            listener.close()
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        conn.setblocking(True)
+        if wid in self.procs:
+            self._add_channel(wid, conn)
+        else:
+            conn.close()
+
+    def _drop_listener(self, wid: int) -> None:
+        for fd, (w, listener, path) in list(self.listeners.items()):
+            if w == wid:
+                del self.listeners[fd]
+                self.poller.unregister(fd)
+                listener.close()
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+    def _out_tail(self, wid: int, lines: int = 12) -> str:
+        path = os.path.join(self.args.logdir, f"worker_{self.mid.decode()}_{wid}.out")
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 8192))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        body = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("# faasx:")]
+        return "\n".join(body[-lines:])
+
+    def _container_start_failed(self, wid: int, key: str, how: str, results: list, payloads: list,
+                                definite: bool = False) -> None:
+        """A container worker ended before READY: count it; after MAX_CONTAINER_START_ATTEMPTS in a row
+        (at once when the engine itself failed: image missing, bad option), fail the key's queued tasks
+        with the engine's output, and hold new ones off for a while."""
+        self.table.remove(wid)
+        self.container_names.pop(wid, None)
+        n = self.start_failures[key] = self.start_failures.get(key, 0) + 1
+        spec = self.container_specs.get(key, {})
+        tail = self._out_tail(wid)
+        logger.error("worker %d in container %s (%s) %s before it was ready (attempt %d of %d%s); its output:\n%s",
+                     wid, key, spec.get("image"), how, n, MAX_CONTAINER_START_ATTEMPTS,
+                     "; an error of the container engine itself: not retried" if definite else "", tail)
+        if n < MAX_CONTAINER_START_ATTEMPTS and not definite:
+            return
+        tail = "\n".join(tail.splitlines()[-6:])
+        ctype, image = spec.get("type", "?"), spec.get("image", "?")
+        hint = {"podman": f"build or pull it on the node (podman pull {image}, or podman build/import -t {image}); "
+                          "check it with: podman run --rm " + image + " python3 -c 'import faasx'",
+                "docker": f"docker pull {image} (or docker build -t {image} .) on the node"}.get(
+            ctype, f"make sure the image {image} exists on the node and {ctype} can run it")
+        message = (f"the container for this function could not be started on {self.hostname}: {ctype} image "
+                   f"{image!r} (key {key}); the worker {how} before it was ready"
+                   f"{' (the container engine failed)' if definite else f', {n} times in a row'}. "
+                   f"Output of the last attempt:\n{tail or '(none)'}\nFix: {hint}. The image also needs "
+                   f"{self.args.container_python} with faasx {P.versions()['faasx']} and Python "
+                   f"{P.versions()['python'].rsplit('.', 1)[0]} installed (the same versions as the executor).")
+        self.broken[key] = (time.monotonic() + BROKEN_CONTAINER_HOLD, message)
+        self.start_failures[key] = 0
+        self.fail_tasks(self.table.take_queued(key), message, results, payloads)
+
+    def fail_tasks(self, tasks: list, message: str, results: list, payloads: list) -> None:
+        if not tasks:
+            return
+        from faasx.executor.serialization import serialize_exception
+        for task in tasks:
+            results.append([task[0], P.EXCEPTION])
+            payloads.append(serialize_exception(ContainerStartError(f"task {task[0]}: {message}"), self.hostname))
+        logger.error("failed %d task(s) %s: %s", len(tasks), [t[0] for t in tasks][:50], message)
+
+    def retire_worker(self, wid: int) -> None:
+        """Stop an idle worker whose slot another kind of worker needs."""
+        self.table.remove(wid)
+        chan = self.chans.pop(wid, None)
+        if chan is not None:
+            try:
+                chan.send(P.pack(P.SHUTDOWN, {}))
+            except OSError:
+                pass
+            self.fd_wid.pop(chan.fileno(), None)
+            self.poller.unregister(chan.fileno())
+            chan.close()
+        self._drop_listener(wid)
+        proc = self.procs.pop(wid, None)
+        if proc is not None:
+            self.retiring[wid] = (proc, time.monotonic() + RETIRE_GRACE)
+        else:
+            self.container_names.pop(wid, None)
+        logger.info("stopping idle worker %d to make room for another kind of worker", wid)
+
+    def reap_retiring(self, now: float, force: bool = False) -> None:
+        for wid, (proc, deadline) in list(self.retiring.items()):
+            if proc.poll() is None and (force or now > deadline):
+                self._remove_container(wid)
+                self._kill(proc)
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    continue
+            if proc.poll() is not None:
+                del self.retiring[wid]
+                self.container_names.pop(wid, None)
+
+    def _remove_container(self, wid: int) -> None:
+        """Force-remove a container worker's container (podman/docker: killing ``podman run`` leaves it)."""
+        entry = self.container_names.get(wid)
+        if entry is None:
+            return
+        cmd = remove_command(*entry)
+        if cmd is None:
+            return
+        try:
+            subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            logger.warning("could not remove container %s: %s", entry[1], e)
+
+    def manage_containers(self, results: list, payloads: list) -> None:
+        """Start and stop workers so queued tasks get a worker of their kind (``WorkerTable.plan``)."""
+        now = time.monotonic()
+        blocked = [k for k, (until, _) in self.broken.items() if now < until]
+        to_start, to_stop = self.table.plan(self.n_workers, self.args.max_container_types, blocked)
+        for wid in to_stop:
+            self.retire_worker(wid)
+        for key in to_start:
+            self.start_worker(key)
 
     def worker_gone(self, wid: int, results: list, payloads: list, detail: str = "") -> None:
         """A worker died or broke its channel: report the tasks it held and start a replacement."""
@@ -156,10 +416,25 @@ class Manager:
             self.fd_wid.pop(chan.fileno(), None)
             self.poller.unregister(chan.fileno())
             chan.close()
-        proc = self.procs.pop(wid, None)
-        lost = self.table.remove(wid)
-        how = detail or "died"
+        self._drop_listener(wid)
+        slot = self.table.slots.get(wid)
+        container = slot.container if slot is not None else None
+        was_ready = slot is not None and slot.ready
+        proc = self.procs.get(wid)
         pid = proc.pid if proc else -1
+        if container is not None and proc is not None and proc.poll() is None:
+            if not was_ready:
+                # the engine is still exiting (its code tells an engine error from a worker's):
+                # check_workers comes back here once it has
+                return
+            # never block the loop on a container engine's clean-up: reap it in the background
+            del self.procs[wid]
+            self.retiring[wid] = (proc, time.monotonic() + RETIRE_GRACE)
+            proc = None
+        else:
+            self.procs.pop(wid, None)
+        how = detail or "died"
+        code = None
         if proc is not None:
             try:
                 code = proc.wait(0.5)
@@ -168,6 +443,13 @@ class Manager:
                 code = proc.wait()
             if not detail or code != 0:
                 how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        if container is not None and not was_ready:
+            self._container_start_failed(wid, container, how, results, payloads,
+                                         definite=proc is not None and code in ENGINE_ERROR_CODES)
+            return
+        if wid not in self.retiring:
+            self.container_names.pop(wid, None)
+        lost = self.table.remove(wid)
         if lost or (self.running and not self.draining):
             logger.error("worker %d (pid %d) %s while holding %d task(s): %s", wid, pid, how, len(lost),
                          [t[0] for t in lost])
@@ -177,7 +459,8 @@ class Manager:
                 "WorkerLost", f"task {task[0]}: worker {wid} (pid {pid}) on {self.hostname} {how} while "
                 "running it. If the function crashes the interpreter (segfault, os._exit, out of memory), "
                 "fix it or give it more memory (mem_per_worker).", 0))
-        if self.running and not self.draining:
+        if self.running and not self.draining and container is None:
+            # a plain worker is replaced at once; container workers are started again on demand
             self.restarts[wid] = self.restarts.get(wid, 0) + 1
             self.start_worker()
 
@@ -192,6 +475,23 @@ class Manager:
         for wid, proc in list(self.procs.items()):
             if proc.poll() is not None:
                 self.worker_gone(wid, results, payloads)
+        if self.container_names:
+            now = time.monotonic()
+            timeout = self.args.container_start_timeout
+            for wid, slot in list(self.table.slots.items()):
+                if slot.container is not None and not slot.ready and now - slot.started_at > timeout \
+                        and wid in self.procs:
+                    logger.error("worker %d in container %s not ready after %.0fs (container_start_timeout); "
+                                 "stopping it", wid, slot.container, now - slot.started_at)
+                    self._remove_container(wid)
+                    self._kill(self.procs[wid])
+                    try:
+                        self.procs[wid].wait(5)
+                    except subprocess.TimeoutExpired:
+                        pass
+                    self.worker_gone(wid, results, payloads, f"was not ready within {timeout:.0f}s")
+        if self.retiring:
+            self.reap_retiring(time.monotonic())
 
     def stop_workers(self, grace: float = 2.0) -> None:
         for chan in self.chans.values():
@@ -205,7 +505,9 @@ class Manager:
                 proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
-        for proc in self.procs.values():
+        for wid, proc in self.procs.items():
+            if proc.poll() is None:
+                self._remove_container(wid)   # a container outlives a killed ``podman run``
             self._kill(proc)   # the whole group: also children the functions left behind
             proc.wait()
         for chan in self.chans.values():
@@ -213,6 +515,14 @@ class Manager:
         self.procs.clear()
         self.chans.clear()
         self.fd_wid.clear()
+        self.reap_retiring(time.monotonic(), force=True)
+        for wid in list(self.listeners.values()):
+            self._drop_listener(wid[0])
+        self.container_names.clear()
+        if self.sock_dir is not None:
+            import shutil
+            shutil.rmtree(self.sock_dir, ignore_errors=True)
+            self.sock_dir = None
 
     # ---- main loop ---------------------------------------------------------------------------
     def connect(self) -> bool:
@@ -229,6 +539,7 @@ class Manager:
             "manager_id": self.mid.decode(), "block_id": str(self.block_id), "hostname": self.hostname,
             "pid": os.getpid(), "workers": self.n_workers, "prefetch": self.table.prefetch(),
             "versions": P.versions(), "token": self.args.token, "accelerators": self.accelerators,
+            "containers": bool(self.runtimes), "container_runtimes": self.runtimes,
         }
         self.ic.send_multipart(P.pack(P.REGISTER, register))
         logger.info("registering with the interchange at %s as %s (block %s, %d workers)", url, self.mid.decode(),
@@ -265,7 +576,7 @@ class Manager:
         payloads: list = []
         ic_sock = self.ic
         while self.running:
-            timeout = 0 if self.table.queue and self._idle_worker_exists() else WORKER_CHECK_PERIOD * 1000
+            timeout = 0 if self.table.assignable() else WORKER_CHECK_PERIOD * 1000
             events = poller.poll(timeout)
             now = time.monotonic()
             for sock, _ in events:
@@ -281,6 +592,8 @@ class Manager:
                     wid = self.fd_wid.get(sock)
                     chan = self.chans.get(wid) if wid is not None else None
                     if chan is None:
+                        if sock in self.listeners:
+                            self.accept_container_worker(sock)
                         continue
                     try:
                         for frames in chan.recv_available():
@@ -294,15 +607,22 @@ class Manager:
                     self.start_drain("the block's walltime is nearly over" if os.environ.get("FAASX_WALLTIME_END")
                                      else f"drain_period of {self.args.drain_period}s reached")
             self.dispatch_to_workers(now, results, payloads)
+            # also while draining: held container tasks may still need their worker started
+            if self.table.queued() and self.running and (
+                    self.container_names or len(self.table.slots) < self.n_workers
+                    or any(self.table.cqueues.values())):
+                self.manage_containers(results, payloads)
             if results:
                 ic_sock.send_multipart(P.pack(P.RESULTS, results, payloads))
                 results, payloads = [], []
             if now - last_capacity >= CAPACITY_UPDATE_PERIOD and not self.draining:
                 last_capacity = now
                 self.update_capacity()
-            if now - last_hb >= hb_period:
+            warm = self.table.warm() if self.container_names else []
+            if now - last_hb >= hb_period or warm != self.advertised_warm:
                 last_hb = now
-                ic_sock.send_multipart(P.pack(P.HEARTBEAT, {"held": self.table.held()}))
+                self.advertised_warm = warm
+                ic_sock.send_multipart(P.pack(P.HEARTBEAT, {"held": self.table.held(), "warm": warm}))
             if now - last_ic > threshold:
                 logger.error("the interchange has been silent for %.1fs (heartbeat_threshold %ss); it is gone. "
                              "Stopping workers and exiting.", now - last_ic, threshold)
@@ -313,15 +633,15 @@ class Manager:
                 self.running = False
         return self.shutdown()
 
-    def _idle_worker_exists(self) -> bool:
-        return any(s.ready and not s.tasks for s in self.table.slots.values())
-
     def handle_interchange(self, frames) -> None:
         try:
             msg_type, body, payloads = P.unpack(frames)
             if msg_type == P.TASKS:
                 records = P.check_tasks(body, payloads)
-                self.table.enqueue([(r[0], r[1], r[2], r[3], payloads[i]) for i, r in enumerate(records)])
+                tasks = [(r[0], r[1], r[2], r[3], payloads[i]) for i, r in enumerate(records)]
+                if any(r[3] and r[3].get("container") for r in records):
+                    tasks = self.admit_container_tasks(tasks)
+                self.table.enqueue(tasks)
                 if self.args.debug:
                     logger.debug("received tasks %s", [r[0] for r in records])
             elif msg_type == P.FUNCS:
@@ -351,13 +671,80 @@ class Manager:
                 results.extend(recs)
                 payloads.extend(data)
             elif msg_type == P.READY:
-                if not self.table.mark_ready(wid):
+                slot = self.table.slots.get(wid)
+                if slot is None:
                     raise P.ProtocolError(f"READY from unknown worker {wid}")
+                if slot.container is not None:
+                    theirs = body.get("versions") if isinstance(body, dict) else None
+                    diff = P.version_mismatch(P.versions(), theirs) if theirs is not None else {}
+                    if diff:
+                        self.container_version_mismatch(wid, slot.container, diff, results, payloads)
+                        return
+                    self.start_failures.pop(slot.container, None)
+                    self.broken.pop(slot.container, None)
+                    logger.info("worker %d in container %s is ready after %.2fs", wid, slot.container,
+                                now - slot.started_at)
+                self.table.mark_ready(wid, now)
             else:
                 raise P.ProtocolError(f"unexpected {P.TYPE_NAMES[msg_type]} message")
         except P.ProtocolError as e:
             self.malformed += 1
             logger.error("dropped malformed message from worker %d: %s", wid, e)
+
+    def admit_container_tasks(self, tasks: list) -> list:
+        """Keep the tasks this node can run; fail container tasks it cannot, with the reason and the fix."""
+        keep, results, payloads = [], [], []
+        now = time.monotonic()
+        for task in tasks:
+            key = task_container(task)
+            if key is None:
+                keep.append(task)
+                continue
+            error = None
+            if key not in self.container_specs:
+                raw = task[3].get("container_spec")
+                if raw is None:
+                    error = (f"task {task[0]} names container {key!r} but not its spec; register the function with "
+                             "register_function(fn, container={'type': ..., 'image': ...}) instead of giving a "
+                             "bare container key")
+                else:
+                    try:
+                        spec = validate_container_spec(raw)
+                        if raw.get("key", key) != key:
+                            raise InvalidContainerSpec(f"the spec's key {raw.get('key')!r} is not the task's {key!r}")
+                        self.container_specs[key] = spec
+                    except InvalidContainerSpec as e:
+                        error = f"task {task[0]}: invalid container spec: {e}"
+            if error is None:
+                ctype = self.container_specs[key]["type"]
+                if ctype not in self.runtimes:
+                    error = (f"task {task[0]} needs a {ctype} container but {ctype} is not on PATH on "
+                             f"{self.hostname} (found: {self.runtimes or 'no container engine'}). Fix: install "
+                             f"{ctype} on the compute nodes or load its module before the manager starts")
+                elif key in self.broken:
+                    until, message = self.broken[key]
+                    if now < until:
+                        error = message
+                    else:
+                        del self.broken[key]   # one more try: the image may have been built meanwhile
+            if error is None:
+                keep.append(task)
+            else:
+                self.fail_tasks([task], error, results, payloads)
+        if results:
+            self.ic.send_multipart(P.pack(P.RESULTS, results, payloads))
+        return keep
+
+    def container_version_mismatch(self, wid: int, key: str, diff: dict, results: list, payloads: list) -> None:
+        spec = self.container_specs.get(key, {})
+        what = ", ".join(f"{k} {b!r} in the image vs {a!r} here" for k, (a, b) in sorted(diff.items()))
+        message = (f"the container image {spec.get('image')!r} ({spec.get('type')}) on {self.hostname} has a "
+                   f"different {what}. Fix: install the executor's versions in the image "
+                   f"(faasx {P.versions()['faasx']}, Python {P.versions()['python']}, dill {P.versions()['dill']})")
+        logger.error("worker %d in container %s: %s", wid, key, message)
+        self.broken[key] = (time.monotonic() + BROKEN_CONTAINER_HOLD, message)
+        self.fail_tasks(self.table.take_queued(key), message, results, payloads)
+        self.retire_worker(wid)
 
     def dispatch_to_workers(self, now: float, results: list, payloads: list) -> None:
         for slot, batch in self.table.assign(now):
@@ -449,6 +836,18 @@ def main(argv=None) -> int:
     parser.add_argument("--address-probe-timeout", type=float, default=30.0)
     parser.add_argument("--max-payload-size", type=int, default=1 << 30)
     parser.add_argument("--cert-dir", default=None)
+    parser.add_argument("--max-container-types", type=int,
+                        default=int(os.environ.get("FAASX_MAX_CONTAINER_TYPES") or 2),
+                        help="distinct container images with workers on this node at once")
+    parser.add_argument("--container-python", default=os.environ.get("FAASX_CONTAINER_PYTHON") or "python3",
+                        help="the Python that runs the worker inside containers (with faasx installed)")
+    parser.add_argument("--container-start-timeout", type=float,
+                        default=float(os.environ.get("FAASX_CONTAINER_START_TIMEOUT") or 300.0),
+                        help="seconds a container worker may take to be ready (image pulls included)")
+    parser.add_argument("--container-channel", choices=("auto", "fd", "socket"),
+                        default=os.environ.get("FAASX_CONTAINER_CHANNEL") or "auto",
+                        help="how container workers reach the manager: auto (podman: inherited socket; "
+                             "others: Unix socket path), or force one")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     set_process_name("faasx-manager")

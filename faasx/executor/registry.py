@@ -1,7 +1,9 @@
 """Registered functions: serialized once, known by a content-addressed id (funcX's function service).
 
 The id is the hex of the BLAKE2b hash of the function's dill serialization, so registering the same
-code twice gives the same id and a changed function gets a new one.  Submitting by id sends no code
+code twice gives the same id and a changed function gets a new one.  A function registered with a
+container is addressed by its code *and* its container (BLAKE2b of both): the same code registered for
+two containers is two functions, each running in its own container.  Submitting by id sends no code
 from the caller: the executor already holds it and ships it once per interchange and manager.
 """
 from __future__ import annotations
@@ -22,7 +24,10 @@ class RegisteredFunction:
         self.name = name
         self.container = container
         self.memoize = memoize
-        self.spec = {"container": container["key"]} if container else None
+        # the routing key for the interchange, and the spec itself for the manager that starts the container
+        self.spec = ({"container": container["key"],
+                      "container_spec": {k: container[k] for k in ("type", "image", "options")}}
+                     if container else None)
 
 
 class FunctionRegistry:
@@ -39,6 +44,9 @@ class FunctionRegistry:
             container["key"] = container_key(container)
         fid, code = serialize_function(fn)
         key = fid.hex()
+        if container is not None:
+            import hashlib
+            key = hashlib.blake2b(fid + container["key"].encode(), digest_size=len(fid)).hexdigest()
         name = getattr(fn, "__qualname__", None) or repr(fn)
         with self._lock:
             self._by_id[key] = RegisteredFunction(fid, code, name, container, memoize)

@@ -6,6 +6,11 @@ batch of tasks, run each, send the results back.  Results of a batch go back tog
 task takes long, in which case finished results are flushed every few milliseconds so the manager
 and the client see them early.  Function code arrives once (FUNCS) and stays deserialized here.
 
+In a container (``docs/containers.md``) the manager is not in the worker's PID namespace
+(``--manager-pid 0``): the worker then relies on its socket, which reaches end of file the moment the
+manager is gone.  Where the socket cannot be inherited (docker, apptainer, singularity, shifter) the
+worker connects to a Unix socket path the manager listens on (``--connect``) instead of ``--fd``.
+
 The worker dies with its manager (``PR_SET_PDEATHSIG``), and survives whatever the function does
 short of killing the process: exceptions, ``sys.exit``, unpicklable or oversize results all come
 back as the task's exception.
@@ -19,7 +24,7 @@ import select
 import socket
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 from faasx.errors import FunctionExited, PayloadTooLarge, SerializationError
 from faasx.executor import protocol as P
@@ -34,14 +39,16 @@ FLUSH_INTERVAL = 0.005   # seconds between result flushes inside a long batch
 
 
 class Worker:
-    def __init__(self, fd: int, worker_id: int, max_payload_size: int, debug: bool = False):
+    def __init__(self, fd: int, worker_id: int, max_payload_size: int, debug: bool = False,
+                 sock: Optional[socket.socket] = None):
         self.worker_id = worker_id
         self.max_payload_size = max_payload_size
         self.debug = debug
         self.host = socket.gethostname()
         self.codes: Dict[bytes, bytes] = {}
         self.functions: Dict[bytes, Callable] = {}
-        self.chan = Channel(socket.socket(fileno=fd), max_message=max_payload_size * 2 + (64 << 20))
+        self.chan = Channel(sock if sock is not None else socket.socket(fileno=fd),
+                            max_message=max_payload_size * 2 + (64 << 20))
         self.malformed = 0
 
     def send(self, frames: List[bytes]) -> None:
@@ -51,10 +58,10 @@ class Worker:
         chan = self.chan
         poller = select.poll()
         poller.register(chan.fileno(), select.POLLIN)
-        self.send(P.pack(P.READY, {"worker_id": self.worker_id, "pid": os.getpid()}))
+        self.send(P.pack(P.READY, {"worker_id": self.worker_id, "pid": os.getpid(), "versions": P.versions()}))
         while True:
             if not chan.buffered() and not poller.poll(1000):
-                if os.getppid() != manager_pid:
+                if manager_pid and os.getppid() != manager_pid:
                     logger.warning("worker %d: manager %d is gone; exiting", self.worker_id, manager_pid)
                     return
                 continue
@@ -135,18 +142,29 @@ class Worker:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="faasx-worker")
-    parser.add_argument("--fd", type=int, required=True, help="inherited socket to the manager")
+    link = parser.add_mutually_exclusive_group(required=True)
+    link.add_argument("--fd", type=int, help="inherited socket to the manager")
+    link.add_argument("--connect", help="Unix socket path the manager listens on (containers that cannot inherit "
+                      "a socket)")
     parser.add_argument("--worker-id", type=int, required=True)
-    parser.add_argument("--manager-pid", type=int, required=True)
+    parser.add_argument("--manager-pid", type=int, required=True,
+                        help="the manager's pid; 0 when it is in another PID namespace (a container)")
     parser.add_argument("--max-payload-size", type=int, default=1 << 30)
     parser.add_argument("--log-file", default=None)
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     set_process_name("faasx-worker")
-    die_with_parent(args.manager_pid)
+    # in a container the parent is the container's init (the signal forwarder), which dies with it
+    die_with_parent(args.manager_pid or os.getppid())
     logging.basicConfig(filename=args.log_file, level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
-    worker = Worker(args.fd, args.worker_id, args.max_payload_size, args.debug)
+    sock = None
+    if args.connect:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(30)
+        sock.connect(args.connect)
+        sock.settimeout(None)
+    worker = Worker(args.fd if args.fd is not None else -1, args.worker_id, args.max_payload_size, args.debug, sock)
     try:
         worker.run(args.manager_pid)
     except (ChannelClosed, BrokenPipeError, ConnectionResetError):

@@ -1,0 +1,173 @@
+"""Fixtures for per-function container tests (real podman, rootful, runc: ``/work/shared/recipes/podman.md``).
+
+``podman_env``     (session) containers.conf per the recipe (runc, lowered ulimits); its CONTAINERS_CONF.
+``test_image``     (session) a local image without any registry: a static busybox rootfs with
+                   /etc/faasx-test-marker, ``podman import``-ed.  It has no Python: ``image_spec`` binds the
+                   host's interpreter and this checkout in read-only, as a real image would have them installed.
+``image_spec``     ``image_spec(**extra)`` -> a container spec for that image that runs faasx workers.
+``podman_counter`` podman shim first on PATH that logs every ``podman run``; ``.runs()`` counts them.
+``containers_of``  ``containers_of(image)`` -> ids of the image's containers (running or not).
+
+Without podman the podman tests skip, or fail when FAASX_REQUIRE_PODMAN=1.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import uuid
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MARKER = "faasx-container-test-marker"
+
+
+def _is_static_elf(path: str) -> bool:
+    """An x86-64/aarch64 ELF executable without a program interpreter (runs in an empty rootfs)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2:
+            return False
+        phoff, = struct.unpack_from("<Q", head, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    return all(struct.unpack_from("<I", table, i * phentsize)[0] != 3 for i in range(phnum))  # 3 = PT_INTERP
+
+
+def _unavailable():
+    if shutil.which("podman") is None:
+        return "podman is not installed (apt-get install -y podman runc)"
+    if shutil.which("runc") is None:
+        return "runc is not installed (apt-get install -y runc)"
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        return "busybox is needed to build the test image (apt-get install -y busybox-static)"
+    if not _is_static_elf(busybox):
+        return "a static busybox is needed to build the test image (apt-get install -y busybox-static)"
+    return None
+
+
+def _require_podman():
+    reason = _unavailable()
+    if reason:
+        if os.environ.get("FAASX_REQUIRE_PODMAN") == "1":
+            pytest.fail(f"FAASX_REQUIRE_PODMAN=1 but {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def podman_env():
+    _require_podman()
+    work = tempfile.mkdtemp(prefix="faasx-ctest-conf-")
+    conf = os.path.join(work, "containers.conf")
+    with open(conf, "w") as f:
+        f.write(textwrap.dedent("""\
+            [containers]
+            default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+            [engine]
+            runtime = "runc"
+            """))
+    yield {"CONTAINERS_CONF": conf}
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _podman(args, env, **kw):
+    return subprocess.run(["podman", *args], env=dict(os.environ, **env), capture_output=True, text=True,
+                          timeout=kw.pop("timeout", 120), **kw)
+
+
+@pytest.fixture(scope="session")
+def test_image(podman_env):
+    work = tempfile.mkdtemp(prefix="faasx-ctest-image-")
+    rootfs = os.path.join(work, "rootfs")
+    for d in ("bin", "etc", "tmp", "usr"):
+        os.makedirs(os.path.join(rootfs, d))
+    shutil.copy2(shutil.which("busybox"), os.path.join(rootfs, "bin", "busybox"))
+    for applet in ("sh", "cat", "echo", "sleep", "kill", "env", "ls"):
+        os.symlink("busybox", os.path.join(rootfs, "bin", applet))
+    os.symlink("usr/lib", os.path.join(rootfs, "lib"))
+    os.symlink("usr/lib64", os.path.join(rootfs, "lib64"))
+    with open(os.path.join(rootfs, "etc", "faasx-test-marker"), "w") as f:
+        f.write(MARKER + "\n")
+    tar = os.path.join(work, "rootfs.tar")
+    subprocess.run(["tar", "-C", rootfs, "-cf", tar, "."], check=True)
+    image = f"localhost/faasx-test-containers:{uuid.uuid4().hex[:12]}"
+    out = _podman(["import", "--quiet", tar, image], podman_env)
+    assert out.returncode == 0, out.stderr
+    try:
+        yield image
+    finally:
+        ids = _podman(["ps", "-aq", "--filter", f"ancestor={image}"], podman_env).stdout.split()
+        if ids:
+            _podman(["rm", "-f", "-t", "0", *ids], podman_env)
+        _podman(["rmi", "-f", image], podman_env)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _python_binds():
+    """Read-only binds that make the host's Python (and its site-packages) run in the busybox image."""
+    dirs = ["/usr"]
+    for prefix in (sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable))):
+        prefix = os.path.realpath(prefix)
+        if not any(prefix == d or prefix.startswith(d + "/") for d in dirs):
+            dirs.append(prefix)
+    return [f"--volume={d}:{d}:ro" for d in dirs]
+
+
+@pytest.fixture
+def image_spec(test_image):
+    def make(image=None, extra=()):
+        pybin = os.path.dirname(sys.executable)
+        return {"type": "podman", "image": image or test_image,
+                "options": _python_binds() + [f"--volume={ROOT}:{ROOT}:ro", f"--env=PYTHONPATH={ROOT}",
+                                              f"--env=PATH={pybin}:/usr/bin:/bin", *extra]}
+    return make
+
+
+class PodmanCounter:
+    def __init__(self, log):
+        self.log = log
+
+    def runs(self):
+        try:
+            with open(self.log) as f:
+                return sum(1 for line in f if line.strip() == "run")
+        except FileNotFoundError:
+            return 0
+
+
+@pytest.fixture
+def podman_counter(tmp_path, monkeypatch, podman_env):
+    """A ``podman`` first on PATH that logs each ``podman run`` and execs the real one; the executor's
+    manager inherits PATH and CONTAINERS_CONF from this process."""
+    real = shutil.which("podman")
+    bin_dir = tmp_path / "podman-shim"
+    bin_dir.mkdir()
+    log = tmp_path / "podman-runs.log"
+    shim = bin_dir / "podman"
+    shim.write_text(f'#!/bin/sh\n[ "$1" = run ] && echo run >> {log}\nexec {real} "$@"\n')
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    for k, v in podman_env.items():
+        monkeypatch.setenv(k, v)
+    return PodmanCounter(str(log))
+
+
+@pytest.fixture
+def containers_of(podman_env):
+    def ids(image):
+        out = _podman(["ps", "-aq", "--filter", f"ancestor={image}"], podman_env, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+    return ids
+
+
+@pytest.fixture
+def marker():
+    return MARKER
