@@ -247,8 +247,18 @@ class Manager:
             for s in (ours, theirs, listener):
                 if s is not None:
                     s.close()
+            if listener is not None:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
             self.table.add(wid, key, now)
-            self._container_start_failed(wid, key, f"could not run the container engine: {e}", [], [])
+            results: list = []
+            payloads: list = []
+            self._container_start_failed(wid, key, f"could not be started ({ctype} failed to run: {e})", results,
+                                         payloads, definite=True)
+            if results:
+                self.ic.send_multipart(P.pack(P.RESULTS, results, payloads))
             return
         finally:
             if theirs is not None:
