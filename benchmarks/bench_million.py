@@ -47,7 +47,6 @@ def _live_futures() -> int:
 
 def measure(args) -> dict:
     import gc
-    import threading
     mode = args.child
     n = args.tasks
     expected = n * (n - 1) // 2
@@ -65,75 +64,89 @@ def measure(args) -> dict:
         C.malloc_trim()
         res["rss_start"] = C.rss_bytes()
         res["live_futures_start"] = _live_futures()
-        progress = max(1, n // 10)
-        with C.RssSampler() as sampler:
-            t0 = C.now()
-            if mode == "loop":
-                futs = []
-                for i in range(n):
-                    futs.append(ex.submit(noop, i))
-                    if i and i % progress == 0:
-                        print(f"submitted {i:,} ({C.now() - t0:.1f}s, rss {C.fmt_mib(C.rss_bytes())})", flush=True)
-                res["submit_s"] = C.now() - t0
-                C.wait_all(futs, timeout=args.task_timeout)
-                total = sum(f.result() for f in futs)
-                res["elapsed_s"] = C.now() - t0
-                del futs
-            elif mode == "callbacks":
-                lock = threading.Lock()
-                state = {"sum": 0, "done": 0, "errors": 0}
-                finished = threading.Event()
-
-                def on_done(f):
-                    try:
-                        v = f.result()
-                    except BaseException:  # noqa: BLE001
-                        v = None
-                    with lock:
-                        if v is None:
-                            state["errors"] += 1
-                        else:
-                            state["sum"] += v
-                        state["done"] += 1
-                        if state["done"] == n:
-                            finished.set()
-
-                for i in range(n):
-                    ex.submit(noop, i).add_done_callback(on_done)
-                    if i and i % progress == 0:
-                        print(f"submitted {i:,} ({C.now() - t0:.1f}s, rss {C.fmt_mib(C.rss_bytes())})", flush=True)
-                res["submit_s"] = C.now() - t0
-                if not finished.wait(timeout=args.task_timeout):
-                    raise TimeoutError(f"only {state['done']:,} of {n:,} callbacks ran in {args.task_timeout:.0f}s")
-                res["elapsed_s"] = C.now() - t0
-                if state["errors"]:
-                    raise AssertionError(f"{state['errors']} tasks failed")
-                total = state["sum"]
-            elif mode == "map":
-                total = sum(ex.map(noop, range(n), chunksize=args.chunksize, timeout=args.task_timeout))
-                res["elapsed_s"] = C.now() - t0
-                res["chunksize"] = args.chunksize
-            else:
-                raise ValueError(mode)
-        res["tasks_per_s"] = n / res["elapsed_s"]
-        res["sum_ok"] = total == expected
-        if total != expected:
-            raise AssertionError(f"sum of results {total} != {expected}")
-        res["rss_peak"] = sampler.peak
-        res["rss_timeline"] = sampler.samples
-        # let the I/O thread finish any bookkeeping, then measure what is still held
-        import time
-        time.sleep(0.5)
-        gc.collect()
-        res["rss_after"] = C.rss_bytes()
-        res["malloc_trim"] = C.malloc_trim()
-        res["rss_after_trim"] = C.rss_bytes()
-        res["live_futures_after"] = _live_futures()
+        res["gc_objects_start"] = len(gc.get_objects())
+        res["rounds"] = []
+        for rnd in range(args.rounds):
+            if rnd:
+                print(f"round {rnd + 1} of {args.rounds}", flush=True)
+            one_round(ex, mode, n, expected, args, res)
+            res["rounds"].append({k: res.get(k) for k in ("elapsed_s", "tasks_per_s", "rss_peak", "rss_after",
+                                                          "rss_after_trim", "live_futures_after", "gc_objects_after")})
     finally:
         t = C.now()
         ex.shutdown(wait=True)
         res["shutdown_s"] = C.now() - t
     return res
+
+
+def one_round(ex, mode: str, n: int, expected: int, args, res: dict) -> None:
+    import gc
+    import threading
+    progress = max(1, n // 10)
+    with C.RssSampler() as sampler:
+        t0 = C.now()
+        if mode == "loop":
+            futs = []
+            for i in range(n):
+                futs.append(ex.submit(noop, i))
+                if i and i % progress == 0:
+                    print(f"submitted {i:,} ({C.now() - t0:.1f}s, rss {C.fmt_mib(C.rss_bytes())})", flush=True)
+            res["submit_s"] = C.now() - t0
+            C.wait_all(futs, timeout=args.task_timeout)
+            total = sum(f.result() for f in futs)
+            res["elapsed_s"] = C.now() - t0
+            del futs
+        elif mode == "callbacks":
+            lock = threading.Lock()
+            state = {"sum": 0, "done": 0, "errors": 0}
+            finished = threading.Event()
+
+            def on_done(f):
+                try:
+                    v = f.result()
+                except BaseException:  # noqa: BLE001
+                    v = None
+                with lock:
+                    if v is None:
+                        state["errors"] += 1
+                    else:
+                        state["sum"] += v
+                    state["done"] += 1
+                    if state["done"] == n:
+                        finished.set()
+
+            for i in range(n):
+                ex.submit(noop, i).add_done_callback(on_done)
+                if i and i % progress == 0:
+                    print(f"submitted {i:,} ({C.now() - t0:.1f}s, rss {C.fmt_mib(C.rss_bytes())})", flush=True)
+            res["submit_s"] = C.now() - t0
+            if not finished.wait(timeout=args.task_timeout):
+                raise TimeoutError(f"only {state['done']:,} of {n:,} callbacks ran in {args.task_timeout:.0f}s")
+            res["elapsed_s"] = C.now() - t0
+            if state["errors"]:
+                raise AssertionError(f"{state['errors']} tasks failed")
+            total = state["sum"]
+        elif mode == "map":
+            total = sum(ex.map(noop, range(n), chunksize=args.chunksize, timeout=args.task_timeout))
+            res["elapsed_s"] = C.now() - t0
+            res["chunksize"] = args.chunksize
+        else:
+            raise ValueError(mode)
+    res["tasks_per_s"] = n / res["elapsed_s"]
+    res["sum_ok"] = total == expected
+    if total != expected:
+        raise AssertionError(f"sum of results {total} != {expected}")
+    res["rss_peak"] = sampler.peak
+    res["rss_timeline"] = sampler.samples
+    # let the I/O thread finish any bookkeeping, then measure what is still held
+    import time
+    time.sleep(0.5)
+    gc.collect()
+    res["rss_after"] = C.rss_bytes()
+    res["malloc_trim"] = C.malloc_trim()
+    res["rss_after_trim"] = C.rss_bytes()
+    res["live_futures_after"] = _live_futures()
+    res["gc_objects_after"] = len(gc.get_objects())
 
 
 def main(argv=None) -> int:
@@ -142,6 +155,8 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", type=int, default=1_000_000)
     p.add_argument("--modes", default="loop,map", help=f"comma list of {', '.join(MODES)} (default loop,map)")
     p.add_argument("--chunksize", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat the workload in the same executor (a leak shows as 'after' growing per round)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--executor", choices=("faasx", "processpool"), default="faasx",
                    help="processpool: concurrent.futures.ProcessPoolExecutor as a reference (default faasx)")
@@ -165,14 +180,15 @@ def main(argv=None) -> int:
     ex_name = "faasx.Executor" if args.executor == "faasx" else "ProcessPoolExecutor"
     print(f"bench_million: {args.tasks:,} no-op tasks through {ex_name}, {args.workers} workers; modes "
           f"{', '.join(modes)}; {info.get('cpus')} cpus, faasx {info.get('faasx')} ({info.get('git')})", flush=True)
-    child_args = ["--executor", args.executor, "--tasks", str(args.tasks), "--chunksize", str(args.chunksize), "--workers", str(args.workers),
+    child_args = ["--executor", args.executor, "--rounds", str(args.rounds), "--tasks", str(args.tasks), "--chunksize", str(args.chunksize), "--workers", str(args.workers),
                   "--task-timeout", str(args.task_timeout)]
     runs = {}
     errors = []
     rows = []
     verdicts = []
     for m in modes:
-        r = C.run_child(os.path.abspath(__file__), ["--child", m, *child_args], timeout=args.task_timeout + 180,
+        r = C.run_child(os.path.abspath(__file__), ["--child", m, *child_args],
+                        timeout=(args.task_timeout + 60) * args.rounds + 120,
                         label=f"mode {m}")
         runs[m] = r
         res = r.get("result") or {}
@@ -189,6 +205,12 @@ def main(argv=None) -> int:
                             f" (start {C.fmt_mib(start)}, peak {C.fmt_mib(peak)}, after {C.fmt_mib(after_trim)};"
                             f" allowed +{C.fmt_mib(allowed)})")
         label = m + (f" (chunksize={args.chunksize})" if m == "map" else "")
+        if args.rounds > 1 and res.get("rounds"):
+            label += f", {len(res['rounds'])} rounds"
+            after_each = ", ".join(C.fmt_mib(x.get("rss_after_trim")) for x in res["rounds"])
+            gc_each = ", ".join(str(x.get("gc_objects_after")) for x in res["rounds"])
+            verdicts.append(f"{m}: RSS after trim, round by round: {after_each}; gc objects: "
+                            f"{res.get('gc_objects_start')} at start, then {gc_each}")
         rows.append([label, "yes" if res.get("sum_ok") else ("NO" if "sum_ok" in res else "-"),
                      C.fmt_s(res.get("elapsed_s")), C.fmt_rate(res.get("tasks_per_s")),
                      C.fmt_mib(start), C.fmt_mib(peak), C.fmt_mib(res.get("rss_after")), C.fmt_mib(after_trim),

@@ -4,8 +4,8 @@
 Task: ``sleeper(x, d)`` -- ``time.sleep(d)`` (skipped for d=0), returns x; d in 0, 1 and 10 ms.  2 workers,
 one local block.  Each configuration runs in its own fresh process:
 
-* ``faasx.Executor(max_workers_per_node=2, prefetch_capacity=P)`` for P in 0, 2, 8, 32: tasks submitted one
-  by one, then awaited (one child per P, all durations in it)
+* ``faasx.Executor(max_workers_per_node=2, prefetch_capacity=P)`` for P in None (the default: adaptive), 0, 2,
+  8, 32: tasks submitted one by one, then awaited (one child per P, all durations in it)
 * ``faasx.Executor(max_workers_per_node=2)`` (default prefetch) with ``map(sleeper, xs, ds, chunksize=C)``
   for C in 1, 16, 256 (one child, all chunksizes and durations)
 * ``--htex``: Parsl HTEX with ``prefetch_capacity=P`` (submit loop) as reference rows
@@ -53,7 +53,7 @@ def measure(args) -> dict:
     t0 = C.now()
     if kind in ("prefetch", "map"):
         import faasx
-        opts = {"prefetch_capacity": int(value)} if kind == "prefetch" else {}
+        opts = {"prefetch_capacity": int(value)} if kind == "prefetch" and value != "default" else {}
         ex = faasx.Executor(max_workers_per_node=args.workers, **opts)
 
         def submit(i, d):
@@ -64,8 +64,9 @@ def measure(args) -> dict:
     elif kind == "htex":
         from parsl.executors import HighThroughputExecutor
         from parsl.providers import LocalProvider
-        htex = HighThroughputExecutor(label="htex", max_workers_per_node=args.workers, prefetch_capacity=int(value),
-                                      provider=LocalProvider(init_blocks=1, max_blocks=1))
+        opts = {"prefetch_capacity": int(value)} if value != "default" else {}
+        htex = HighThroughputExecutor(label="htex", max_workers_per_node=args.workers,
+                                      provider=LocalProvider(init_blocks=1, max_blocks=1), **opts)
         C.parsl_load(htex)
 
         def submit(i, d):
@@ -107,7 +108,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_common_args(p)
     p.add_argument("--durations", default="0,1,10", help="task durations in ms (default 0,1,10)")
-    p.add_argument("--prefetch", default="0,2,8,32", help="prefetch_capacity values (default 0,2,8,32)")
+    p.add_argument("--prefetch", default="default,0,2,8,32",
+                   help="prefetch_capacity values; 'default' passes none (faasx: adaptive) (default default,0,2,8,32)")
     p.add_argument("--chunksizes", default="1,16,256", help="map chunksizes (default 1,16,256)")
     p.add_argument("--tasks0", type=int, default=10_000, help="tasks for the 0 ms cells (default 10,000)")
     p.add_argument("--cell-seconds", type=float, default=2.0, help="target seconds per cell with sleeps (2)")
@@ -126,7 +128,7 @@ def main(argv=None) -> int:
     durations = [float(x) for x in args.durations.split(",")]
     configs = [f"prefetch:{v}" for v in args.prefetch.split(",")] + ["map:default"]
     if args.htex:
-        configs += [f"htex:{v}" for v in args.prefetch.split(",")]
+        configs += [f"htex:{v}" for v in args.prefetch.split(",") if v != "default"]
     print(f"bench_prefetch: sleeper tasks of {args.durations} ms, {args.workers} workers; {info.get('cpus')} cpus, "
           f"faasx {info.get('faasx')} ({info.get('git')})", flush=True)
     child_args = ["--durations", args.durations, "--chunksizes", args.chunksizes, "--tasks0", str(args.tasks0),
@@ -170,7 +172,7 @@ def main(argv=None) -> int:
                 rows.append(row)
         else:
             name = "faasx submit, prefetch_capacity=" if kind == "prefetch" else "HTEX submit, prefetch_capacity="
-            row = [name + value]
+            row = [name + (value if value != "default" else "None (default: adaptive)")]
             for d in durations:
                 c = next((c for c in cells if c["duration_ms"] == d), None)
                 row.append(cell_text(c, d))

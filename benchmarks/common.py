@@ -294,6 +294,7 @@ def _kill_all(procs: list, grace: float = 3.0) -> None:
 
 BUSY_CPU_PERCENT = 25.0
 WAIT_QUIET = 0.0  # set from --wait-quiet by parse_common()
+KEEP_LOGS = False  # set from --keep-logs by parse_common()
 
 
 def machine_load(interval: float = 1.0) -> dict:
@@ -478,11 +479,11 @@ def run_child(script: str, child_args: Sequence[str], timeout: float, label: str
                 print(_indent(log_text[-2500:], "    | "), flush=True)
         for s in strays:
             print(f"    STRAY: {s}", flush=True)
-    if result.get("ok") and not strays:
+    if result.get("ok") and not strays and not KEEP_LOGS:
         shutil.rmtree(tmpdir, ignore_errors=True)
     else:  # keep the child's run directory (engine logs) for diagnosis
         result["kept_dir"] = tmpdir
-        if verbose:
+        if verbose and not (result.get("ok") and not strays):
             print(f"    (child's directory with its logs kept: {tmpdir})", flush=True)
     return result
 
@@ -526,13 +527,16 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                    help="before each run, wait up to SECONDS for the machine to be idle (<25%% CPU); a busy "
                         "machine is always reported")
+    p.add_argument("--keep-logs", action="store_true",
+                   help="keep every child's directory (run dirs, engine logs) under /tmp; failed runs are always kept")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
 
 
 def parse_common(args: argparse.Namespace) -> None:
-    global WAIT_QUIET
+    global WAIT_QUIET, KEEP_LOGS
     WAIT_QUIET = float(getattr(args, "wait_quiet", 0.0) or 0.0)
+    KEEP_LOGS = bool(getattr(args, "keep_logs", False))
 
 
 def child_tmpdir() -> str:
