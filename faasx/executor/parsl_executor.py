@@ -322,11 +322,22 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
 
     # ---- tasks -------------------------------------------------------------------------------
     def validate_resource_spec(self, resource_specification: Optional[dict]) -> None:
+        """Reject unknown keys and meaningless values at submit, naming them."""
         if resource_specification:
+            from faasx.errors import InvalidResourceSpecification
             unknown = set(resource_specification) - ACCEPTED_RESOURCE_KEYS
             if unknown:
-                from faasx.errors import InvalidResourceSpecification
                 raise InvalidResourceSpecification(unknown, ACCEPTED_RESOURCE_KEYS)
+            for key in ("cores", "memory", "gpus"):
+                value = resource_specification.get(key)
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                          or value < 0):
+                    raise InvalidResourceSpecification(
+                        {key}, ACCEPTED_RESOURCE_KEYS) from ValueError(f"{key} must be a number >= 0, got {value!r}")
+            priority = resource_specification.get("priority")
+            if priority is not None and (isinstance(priority, bool) or not isinstance(priority, (int, float))):
+                raise InvalidResourceSpecification({"priority"}, ACCEPTED_RESOURCE_KEYS) from ValueError(
+                    f"priority must be a number, got {priority!r}")
 
     def submit(self, func: Callable, resource_specification: Optional[dict], *args: Any, **kwargs: Any) -> Future:
         """Submit ``func(*args, **kwargs)``; ``func`` may be a callable or a registered function id."""
@@ -383,7 +394,8 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
 
     @staticmethod
     def _routing_spec(resource_specification: dict) -> Optional[dict]:
-        spec = {k: v for k, v in resource_specification.items() if k in ("priority", "gpus", "container")}
+        spec = {k: v for k, v in resource_specification.items()
+                if k in ("priority", "gpus", "container", "cores", "memory")}
         return spec or None
 
     def submit_chunk(self, fid: bytes, code: Optional[bytes], arg_tuples: list, spec: Optional[dict] = None) -> TaskFuture:

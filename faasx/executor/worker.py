@@ -18,8 +18,10 @@ back as the task's exception.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import resource
 import select
 import socket
 import sys
@@ -94,10 +96,14 @@ class Worker:
         out_payloads: List[bytes] = []
         last_flush = time.perf_counter()
         n = len(records)
-        for i, (tid, fid, kind, _spec) in enumerate(records):
+        for i, (tid, fid, kind, spec) in enumerate(records):
             if self.debug:
                 logger.debug("task %d: start", tid)
-            status, data = self.execute(tid, fid, kind, payloads[i])
+            if spec and ("cores" in spec or "memory" in spec):
+                with task_limits(spec):
+                    status, data = self.execute(tid, fid, kind, payloads[i])
+            else:
+                status, data = self.execute(tid, fid, kind, payloads[i])
             if self.debug:
                 logger.debug("task %d: done (status %d, %d bytes)", tid, status, len(data))
             out_body.append([tid, status])
@@ -138,6 +144,48 @@ class Worker:
             return P.EXCEPTION, serialize_exception(FunctionExited(f"SystemExit({e.code!r})", tid), self.host)
         except BaseException as e:  # KeyboardInterrupt, GeneratorExit raised by user code
             return P.EXCEPTION, serialize_exception(FunctionExited(type(e).__name__, tid), self.host)
+
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def task_limits(spec: dict):
+    """Honour a task's ``cores`` and ``memory`` (MB) while it runs, then restore the worker.
+
+    cores: the task may use only that many of the worker's CPUs (affinity), and the usual
+    thread-count variables say so to libraries that read them at call time.  memory: the worker's
+    address space may grow by at most that much, so an allocation beyond it raises MemoryError in
+    the function instead of the node running out of memory.
+    """
+    restore = []
+    try:
+        cores = spec.get("cores")
+        if cores and hasattr(os, "sched_setaffinity"):
+            allowed = sorted(os.sched_getaffinity(0))
+            os.sched_setaffinity(0, allowed[:max(1, int(cores))])
+            restore.append(lambda: os.sched_setaffinity(0, allowed))
+            saved = {v: os.environ.get(v) for v in THREAD_VARS}
+            os.environ.update({v: str(max(1, int(cores))) for v in THREAD_VARS})
+            restore.append(lambda: [os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+                                    for k, v in saved.items()])
+        memory = spec.get("memory")
+        if memory:
+            soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+            with open("/proc/self/statm") as f:
+                vm_bytes = int(f.read().split()[0]) * resource.getpagesize()
+            limit = vm_bytes + int(memory) * 2**20
+            if hard != resource.RLIM_INFINITY:
+                limit = min(limit, hard)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+            restore.append(lambda: resource.setrlimit(resource.RLIMIT_AS, (soft, hard)))
+        yield
+    finally:
+        for undo in reversed(restore):
+            try:
+                undo()
+            except (OSError, ValueError) as e:
+                logger.error("could not restore the worker after a task's resource limits: %s", e)
 
 
 def main(argv=None) -> int:
