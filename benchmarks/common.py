@@ -479,11 +479,14 @@ def run_child(script: str, child_args: Sequence[str], timeout: float, label: str
                 print(_indent(log_text[-2500:], "    | "), flush=True)
         for s in strays:
             print(f"    STRAY: {s}", flush=True)
-    if result.get("ok") and not strays and not KEEP_LOGS:
+    anomaly = (result.get("result") or {}).get("anomaly") if isinstance(result.get("result"), dict) else None
+    if anomaly and verbose:
+        print(f"  [{label}] ANOMALY: {anomaly}", flush=True)
+    if result.get("ok") and not strays and not KEEP_LOGS and not anomaly:
         shutil.rmtree(tmpdir, ignore_errors=True)
     else:  # keep the child's run directory (engine logs) for diagnosis
         result["kept_dir"] = tmpdir
-        if verbose and not (result.get("ok") and not strays):
+        if verbose and not (result.get("ok") and not strays and not anomaly):
             print(f"    (child's directory with its logs kept: {tmpdir})", flush=True)
     return result
 
