@@ -12,7 +12,8 @@ Modes (each in its own fresh process, 2 workers, one local block):
 For each: the sum check (all results correct), wall time and tasks/s, client RSS (psutil) at start
 (executor warm, before submitting), peak (sampled every 50 ms) and after (results dropped, ``gc.collect()``;
 then again after glibc ``malloc_trim(0)``, which separates memory still referenced from allocator slack),
-and how many ``concurrent.futures.Future`` objects are still alive afterwards.  "Memory back near start"
+how many ``concurrent.futures.Future`` objects are still alive afterwards, and "objects left": the change in
+``sys.getallocatedblocks()`` (every live Python object, bytes and ints included) from start to after.  "Memory back near start"
 means after-trim RSS within max(64 MiB, 10% of the peak growth) of the start.
 
     python benchmarks/bench_million.py                       # loop + map, 1,000,000 tasks each
@@ -65,13 +66,15 @@ def measure(args) -> dict:
         res["rss_start"] = C.rss_bytes()
         res["live_futures_start"] = _live_futures()
         res["gc_objects_start"] = len(gc.get_objects())
+        res["blocks_start"] = sys.getallocatedblocks()
         res["rounds"] = []
         for rnd in range(args.rounds):
             if rnd:
                 print(f"round {rnd + 1} of {args.rounds}", flush=True)
             one_round(ex, mode, n, expected, args, res)
             res["rounds"].append({k: res.get(k) for k in ("elapsed_s", "tasks_per_s", "rss_peak", "rss_after",
-                                                          "rss_after_trim", "live_futures_after", "gc_objects_after")})
+                                                          "rss_after_trim", "live_futures_after", "gc_objects_after",
+                                                          "blocks_after")})
     finally:
         t = C.now()
         ex.shutdown(wait=True)
@@ -147,6 +150,7 @@ def one_round(ex, mode: str, n: int, expected: int, args, res: dict) -> None:
     res["rss_after_trim"] = C.rss_bytes()
     res["live_futures_after"] = _live_futures()
     res["gc_objects_after"] = len(gc.get_objects())
+    res["blocks_after"] = sys.getallocatedblocks()
 
 
 def main(argv=None) -> int:
@@ -209,15 +213,19 @@ def main(argv=None) -> int:
             label += f", {len(res['rounds'])} rounds"
             after_each = ", ".join(C.fmt_mib(x.get("rss_after_trim")) for x in res["rounds"])
             gc_each = ", ".join(str(x.get("gc_objects_after")) for x in res["rounds"])
+            blocks_each = ", ".join(str(x.get("blocks_after")) for x in res["rounds"])
             verdicts.append(f"{m}: RSS after trim, round by round: {after_each}; gc objects: "
-                            f"{res.get('gc_objects_start')} at start, then {gc_each}")
+                            f"{res.get('gc_objects_start')} at start, then {gc_each}; allocated blocks: "
+                            f"{res.get('blocks_start')} at start, then {blocks_each}")
         rows.append([label, "yes" if res.get("sum_ok") else ("NO" if "sum_ok" in res else "-"),
                      C.fmt_s(res.get("elapsed_s")), C.fmt_rate(res.get("tasks_per_s")),
                      C.fmt_mib(start), C.fmt_mib(peak), C.fmt_mib(res.get("rss_after")), C.fmt_mib(after_trim),
-                     str(res.get("live_futures_after", "-")), "-" if near is None else ("yes" if near else "NO")])
+                     str(res.get("live_futures_after", "-")),
+                     (f"{res['blocks_after'] - res['blocks_start']:+,}" if "blocks_after" in res else "-"),
+                     "-" if near is None else ("yes" if near else "NO")])
     print()
     table = C.print_table(["mode", "sum ok", "wall", "tasks/s", "RSS start", "RSS peak", "RSS after gc",
-                           "after trim", "live futures", "mem back"], rows,
+                           "after trim", "live futures", "objects left", "mem back"], rows,
                           title=f"{args.tasks:,} no-op tasks through {ex_name}")
     print()
     for v in verdicts:
