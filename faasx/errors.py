@@ -158,10 +158,14 @@ class RemoteExceptionError(FaaSXError):
 
 
 _PARSL_DERIVED = ("InvalidResourceSpecification", "ScaleOutFailed")
+_CONTAINER_ERRORS = ("InvalidContainerSpec", "ContainerStartError")   # defined in faasx.containers
 
 
 def __getattr__(name: str):
     if name in _PARSL_DERIVED:
         from faasx import _parsl_errors
         return getattr(_parsl_errors, name)
+    if name in _CONTAINER_ERRORS:
+        from faasx import containers
+        return getattr(containers, name)
     raise AttributeError(f"module 'faasx.errors' has no attribute {name!r}")

@@ -108,6 +108,15 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
         Path of a SQLite file that keeps memoized results across runs (functions registered with
         ``memoize=True``, or calls with ``{"memoize": True}`` in their resource specification).
         None: memoized results live in memory for this executor's lifetime.
+    max_container_types : int
+        Distinct per-function container types a node keeps warm at once (``docs/containers.md``).
+        None: the manager's default (2, or ``FAASX_MAX_CONTAINER_TYPES`` on the node).
+    container_python : str
+        The Python interpreter inside function containers that runs the faasx worker (None:
+        ``python3``, or ``FAASX_CONTAINER_PYTHON`` on the node).
+    container_start_timeout : float
+        Seconds a function container may take to start (pull, boot) before its tasks fail (None:
+        300, or ``FAASX_CONTAINER_START_TIMEOUT`` on the node).
     """
 
     @typechecked
@@ -139,7 +148,10 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
                  address_probe_timeout: float = 30.0,
                  worker_logdir_root: Optional[str] = None,
                  remote_monitoring_radio: Optional[Any] = None,
-                 memo_store: Optional[str] = None):
+                 memo_store: Optional[str] = None,
+                 max_container_types: Optional[int] = None,
+                 container_python: Optional[str] = None,
+                 container_start_timeout: Optional[float] = None):
         if provider is None:
             from faasx.providers import LocalProvider
             provider = LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1)
@@ -183,6 +195,11 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
         self.worker_logdir_root = worker_logdir_root
         self.remote_monitoring_radio = remote_monitoring_radio
         self.memo_store = memo_store
+        if max_container_types is not None and max_container_types < 1:
+            raise ValueError("max_container_types must be >= 1")
+        self.max_container_types = max_container_types
+        self.container_python = container_python
+        self.container_start_timeout = container_start_timeout
         self._memo: Optional[MemoStore] = None
         self._memo_inflight: Dict[bytes, Future] = {}
         if remote_monitoring_radio is None:
@@ -303,6 +320,12 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
             opts += ["--prefetch-capacity", str(self.prefetch_capacity)]
         if self.drain_period:
             opts += ["--drain-period", repr(float(self.drain_period))]
+        if self.max_container_types is not None:
+            opts += ["--max-container-types", str(self.max_container_types)]
+        if self.container_python is not None:
+            opts += ["--container-python", self.container_python]
+        if self.container_start_timeout is not None:
+            opts += ["--container-start-timeout", repr(float(self.container_start_timeout))]
         if cert_dir:
             opts += ["--cert-dir", cert_dir]
         if self.worker_debug:
@@ -395,7 +418,18 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
     @staticmethod
     def _routing_spec(resource_specification: dict) -> Optional[dict]:
         spec = {k: v for k, v in resource_specification.items()
-                if k in ("priority", "gpus", "container", "cores", "memory")}
+                if k in ("priority", "gpus", "cores", "memory")}
+        container = resource_specification.get("container")
+        if container is not None:
+            # per call, as for register_function(container=...): route on the key, ship the spec
+            from faasx.containers import container_key, validate_container_spec
+            if not isinstance(container, dict):
+                from faasx.errors import InvalidResourceSpecification
+                raise InvalidResourceSpecification({"container"}, ACCEPTED_RESOURCE_KEYS) from TypeError(
+                    "container must be a dict like {'type': 'podman', 'image': 'localhost/img'}")
+            normalized = validate_container_spec(container)
+            spec["container"] = container_key(normalized)
+            spec["container_spec"] = normalized
         return spec or None
 
     def submit_chunk(self, fid: bytes, code: Optional[bytes], arg_tuples: list, spec: Optional[dict] = None) -> TaskFuture:

@@ -26,13 +26,15 @@ CANCEL              client -> ic         [tid, ...] (only tasks not yet dispatch
 COMMAND / REPLY     client <-> ic        [req_id, name, args] / [req_id, result]
 EVENT               ic -> client         {kind, ...}: manager registered / refused / lost
 REGISTER            mgr -> ic            {manager_id, block_id, hostname, pid, workers, prefetch,
-                                          versions, token}
+                                          versions, token, accelerators, containers (bool),
+                                          container_runtimes}
 REGISTERED          ic -> mgr            {heartbeat_period, heartbeat_threshold}
 REFUSED             ic -> mgr            {reason}
-HEARTBEAT           both ways, each hop  {} (manager -> ic: {"outstanding": n})
+HEARTBEAT           both ways, each hop  {}; manager -> ic: {held, warm: [container keys],
+                                          capacity?: workers + prefetch when it changed}
 DRAIN               mgr -> ic            {reason}: dispatch nothing more to me
 HOLD                ic -> mgr            {}: stop taking tasks, exit when idle (scale-in)
-READY               worker -> mgr        {worker_id, pid}
+READY               worker -> mgr        {worker_id, pid, versions}
 SHUTDOWN            downstream           {}: exit now
 BYE                 mgr -> ic            {reason}: I am exiting
 ==================  ===================  ==========================================================

@@ -128,9 +128,9 @@ def test_a_missing_image_fails_fast_with_the_engines_error_and_no_retry_storm(
 @pytest.mark.podman
 def test_container_type_cap_and_replacing_idle_workers(tmp_path, image_spec, test_image, podman_counter, marker,
                                                        containers_of, monkeypatch):
-    monkeypatch.setenv("FAASX_MAX_CONTAINER_TYPES", "1")   # the manager's --max-container-types default
     spec_a, spec_b = image_spec(), image_spec(extra=["--env=FAASX_TEST_VARIANT=b"])
-    with faasx.Executor(max_workers_per_node=2, run_dir=str(tmp_path / "run"), **HEARTBEATS) as ex:
+    with faasx.Executor(max_workers_per_node=2, max_container_types=1, run_dir=str(tmp_path / "run"),
+                        **HEARTBEATS) as ex:
         fa = ex.register_function(where_am_i, container=spec_a)
         fb = ex.register_function(where_am_i, container=spec_b)
         a1 = ex.submit(fa).result(timeout=120)
@@ -226,3 +226,14 @@ def test_an_image_without_python_fails_with_a_clear_error(tmp_path, test_image, 
         assert "python3" in message and "not found" in message, message
         assert "faasx" in message and podman_counter.runs() == 1
         assert ex.submit(where_am_i).result(timeout=60)[0] is None
+
+
+@pytest.mark.podman
+def test_a_container_can_be_asked_for_per_call(tmp_path, image_spec, marker, podman_counter):
+    """No registration: the resource specification names the container for this one call."""
+    with faasx.Executor(max_workers_per_node=2, run_dir=str(tmp_path / "run"), **HEARTBEATS) as ex:
+        inside, = ex.submit_batch([(where_am_i, (), {}, {"container": image_spec()})])
+        assert inside.result(timeout=120)[0] == marker
+        assert ex.submit(where_am_i).result(timeout=60)[0] is None
+        with pytest.raises(faasx.errors.InvalidResourceSpecification):
+            ex.submit_batch([(where_am_i, (), {}, {"container": "not-a-dict"})])
