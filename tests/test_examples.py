@@ -26,3 +26,19 @@ def test_example_runs(name, tmp_path):
 def test_every_example_is_tested():
     on_disk = {n for n in os.listdir(EXAMPLES) if n.endswith(".py")}
     assert on_disk <= set(EXPECTED) | {"containers.py"}, on_disk - set(EXPECTED)
+
+
+@pytest.mark.podman
+def test_containers_example_runs_its_demo_image(tmp_path):
+    import shutil
+    if shutil.which("podman") is None or shutil.which("busybox") is None:
+        if os.environ.get("FAASX_REQUIRE_PODMAN") == "1":
+            pytest.fail("FAASX_REQUIRE_PODMAN=1 but podman or busybox is missing")
+        pytest.skip("podman or busybox not installed")
+    conf = tmp_path / "containers.conf"   # runc and lowered ulimits, as this machine kind needs
+    conf.write_text('[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n'
+                    '[engine]\nruntime = "runc"\n')
+    out = subprocess.run([sys.executable, os.path.join(EXAMPLES, "containers.py"), "--demo"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, env=dict(os.environ, CONTAINERS_CONF=str(conf)))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "inside the container: faasx demo image" in out.stdout and "on the host" in out.stdout, out.stdout
