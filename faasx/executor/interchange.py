@@ -99,15 +99,19 @@ class Interchange:
             logger.error("client port: dropped malformed message from %r: %s", ident[:32], e)
             return
         if ident != self.client_id:
-            if msg_type == P.HELLO and isinstance(body, dict) and body.get("token") == self.token:
+            # exactly one client per interchange, the first to say HELLO with the run token: a
+            # replayed HELLO from another peer must not redirect results and heartbeats to it
+            if msg_type == P.HELLO and self.client_id is None and isinstance(body, dict) \
+                    and body.get("token") == self.token:
                 self.client_id = ident
                 self.last_client = now
                 self._send_client(P.pack(P.WELCOME, {"versions": self.versions}))
                 logger.info("client connected")
             else:
                 self.stats["malformed"] += 1
-                logger.error("client port: dropped %s from an unknown peer (no valid HELLO/token)",
-                             P.TYPE_NAMES.get(msg_type))
+                logger.error("client port: dropped %s from an unknown peer (%s)", P.TYPE_NAMES.get(msg_type),
+                             "a client is already connected" if self.client_id is not None and msg_type == P.HELLO
+                             else "no valid HELLO/token")
             return
         self.last_client = now
         try:
