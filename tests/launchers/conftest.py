@@ -50,7 +50,9 @@ def run_fragment():
     """``run_fragment(fragment, cwd, env=None, timeout=30) -> CompletedProcess`` (bash, new session)."""
 
     def run(fragment: str, cwd, env: dict | None = None, timeout: float = 30.0):
-        full_env = dict(os.environ)
+        # a job's FAASX_*/PARSL_* variables are exactly what the launchers pass through, so the
+        # runner's own (CI sets FAASX_REQUIRE_*) must not leak in: the test's env is the job's
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("FAASX_", "PARSL_"))}
         full_env.update(env or {})
         proc = subprocess.Popen(["bash", "-c", fragment], cwd=str(cwd), env=full_env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
