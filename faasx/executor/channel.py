@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from typing import List, Optional, Sequence
 
 MAX_FRAMES = 1 << 20
@@ -33,6 +34,7 @@ class Channel:
         self.max_message = max_message
         self._buf = bytearray()
         self._pos = 0
+        self.partial_since: Optional[float] = None   # when recv_available() last left a message half-read
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -114,8 +116,8 @@ class Channel:
             self._fill(block=True)
 
     def recv_available(self) -> List[List[bytes]]:
-        """Every whole message that can be read now; blocks only to finish a message already begun."""
-        self._fill(block=False)
+        """Every whole message that can be read now; never blocks."""
+        progressed = self._fill(block=False)
         out = []
         while True:
             msg = self._parse()
@@ -123,8 +125,15 @@ class Channel:
                 out.append(msg)
                 continue
             if len(self._buf) - self._pos == 0:
+                self.partial_since = None
                 return out
-            if not self._fill(block=False):
-                if out:
-                    return out
-                self._fill(block=True)   # a message is half here: its sender is writing the rest
+            if self._fill(block=False):
+                progressed = True
+            else:
+                # A message is half here.  Never block for the rest: a peer that stops mid-message
+                # (a function scribbling on its worker's socket) would freeze the manager's loop.  The
+                # poller wakes us when more bytes come; partial_since (the last progress on a half-read
+                # message) lets the owner give up on a peer that never finishes.
+                if progressed or self.partial_since is None:
+                    self.partial_since = time.monotonic()
+                return out

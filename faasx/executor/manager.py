@@ -485,6 +485,14 @@ class Manager:
         for wid, proc in list(self.procs.items()):
             if proc.poll() is not None:
                 self.worker_gone(wid, results, payloads)
+        now = time.monotonic()
+        for wid, chan in list(self.chans.items()):
+            # A worker writes each message whole, so one left half-written for heartbeat_threshold
+            # means its stream is corrupt (the function wrote on the socket): no result can be trusted
+            # to arrive; replace the worker and report its tasks lost rather than wait for ever.
+            if chan.partial_since is not None and now - chan.partial_since > self.args.heartbeat_threshold:
+                self.worker_gone(wid, results, payloads, "left a message unfinished for more than "
+                                 f"{self.args.heartbeat_threshold}s (corrupt channel)")
         if self.container_names:
             now = time.monotonic()
             timeout = self.args.container_start_timeout
