@@ -685,6 +685,16 @@ class Manager:
             msg_type, body, data = P.unpack(frames)
             if msg_type == P.RESULTS:
                 recs = P.check_results(body, data)
+                slot = self.table.slots.get(wid)
+                held = slot.tasks if slot is not None else {}
+                if any(r[0] not in held for r in recs):
+                    # only the worker running a task may report it (a function can write on its
+                    # worker's socket: it must not resolve another task's future)
+                    stray = [r[0] for r in recs if r[0] not in held]
+                    keep = [i for i, r in enumerate(recs) if r[0] in held]
+                    recs, data = [recs[i] for i in keep], [data[i] for i in keep]
+                    self.malformed += 1
+                    logger.error("dropped results from worker %d for task(s) it does not hold: %s", wid, stray[:20])
                 self.table.done(wid, [r[0] for r in recs], now)
                 results.extend(recs)
                 payloads.extend(data)
