@@ -35,6 +35,7 @@ from faasx.errors import (ExecutorShutdown, FaaSXError, InterchangeLost, Manager
 from faasx.executor import protocol as P
 from faasx.executor.processes import command
 from faasx.executor.serialization import deserialize, deserialize_exception, serialize_function
+from faasx.executor.sockets import drain, send
 
 logger = logging.getLogger("faasx.executor")
 
@@ -254,11 +255,7 @@ class EngineClient:
                     pass
             if sock in events:
                 last_heard = now
-                for _ in range(1000):
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+                for frames in drain(sock, 1000):
                     self._handle(frames)
             self._send_outgoing()
             if self._closing:
@@ -309,7 +306,7 @@ class EngineClient:
             if body:
                 self._in_flight += len(body)
                 self.stats["submitted"] += len(body)
-                sock.send_multipart(P.pack(P.TASKS, body, payloads), copy=False)
+                send(sock, P.pack(P.TASKS, body, payloads))
                 if self.debug:
                     logger.debug("sent tasks %s", [b[0] for b in body])
         if self._cancel_out:

@@ -28,6 +28,7 @@ import zmq
 from faasx.executor import protocol as P
 from faasx.executor.processes import set_process_name
 from faasx.executor.scheduling import Scheduler, TaskRecord
+from faasx.executor.sockets import drain, send
 
 logger = logging.getLogger("faasx.interchange")
 
@@ -183,7 +184,7 @@ class Interchange:
         if self.client_id is None:
             return
         try:
-            self.client.send_multipart([self.client_id] + frames)
+            send(self.client, [self.client_id] + frames)
         except zmq.ZMQError as e:
             logger.error("could not send to the client: %s", e)
 
@@ -326,7 +327,7 @@ class Interchange:
 
     def _send_manager(self, mid: bytes, frames: list) -> bool:
         try:
-            self.managers.send_multipart([mid] + frames)
+            send(self.managers, [mid] + frames)
             return True
         except zmq.ZMQError as e:
             logger.warning("could not send to manager %r: %s", mid, e)
@@ -362,18 +363,10 @@ class Interchange:
             events = dict(poller.poll(min(self.hb_period, 0.5) * 1000))
             now = time.monotonic()
             if client in events:
-                for _ in range(RECV_BATCH):
-                    try:
-                        frames = client.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+                for frames in drain(client, RECV_BATCH):
                     self.handle_client(frames, now)
             if managers in events:
-                for _ in range(RECV_BATCH):
-                    try:
-                        frames = managers.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+                for frames in drain(managers, RECV_BATCH):
                     self.handle_manager(frames, now)
             self.dispatch(now)
             self.flush_results()

@@ -43,6 +43,7 @@ from faasx.containers import (ContainerStartError, InvalidContainerSpec, availab
                               remove_command, validate_container_spec)
 from faasx.executor import protocol as P
 from faasx.executor.channel import Channel, ChannelClosed, ChannelError
+from faasx.executor.sockets import drain, send
 from faasx.executor.processes import command, set_process_name
 from faasx.executor.worker_table import WorkerTable, task_container
 
@@ -600,11 +601,7 @@ class Manager:
             for sock, _ in events:
                 if sock is ic_sock:
                     last_ic = now
-                    for _ in range(1000):
-                        try:
-                            frames = ic_sock.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
+                    for frames in drain(ic_sock, 1000):
                         self.handle_interchange(frames)
                 else:
                     wid = self.fd_wid.get(sock)
@@ -631,7 +628,7 @@ class Manager:
                     or any(self.table.cqueues.values())):
                 self.manage_containers(results, payloads)
             if results:
-                ic_sock.send_multipart(P.pack(P.RESULTS, results, payloads))
+                send(ic_sock, P.pack(P.RESULTS, results, payloads))
                 results, payloads = [], []
             if now - last_capacity >= CAPACITY_UPDATE_PERIOD and not self.draining:
                 last_capacity = now
