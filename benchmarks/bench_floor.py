@@ -11,6 +11,9 @@ p90 of sequential round trips for:
 * ``thread``  -- like faasx's client: the caller appends to an outbox, wakes an I/O thread through a pipe,
                  and waits on a ``concurrent.futures.Future`` that the I/O thread resolves
 
+* ``split``   -- a design option: the caller sends on its own socket (no hand-off on the way out), an I/O
+                 thread only receives and resolves the Future (one thread hop instead of two)
+
 with 1, 2 and 3 relay processes.  What faasx adds on top of the 3-relay ``thread`` row is the engine's
 own cost; bench_engine's p50 can be read against it.  Each variant runs in a fresh child process.
 
@@ -29,20 +32,36 @@ except ImportError:  # run as a script
     from benchmarks import common as C
 
 
-def _relay(up_addr: str, down_addr: str | None) -> None:
+def _relay(up_addr: str, down_addr: str | None, router_up: bool = False) -> None:
+    """Forward messages between ``up`` and ``down``; echo when there is no ``down``.  With ``router_up`` the
+    up side is a bound ROUTER that receives from any peer and replies to the peer named ``R`` (the 'split'
+    client: one socket sends, another receives)."""
     import zmq
     ctx = zmq.Context()
-    up = ctx.socket(zmq.DEALER)
-    up.setsockopt(zmq.LINGER, 0)
-    up.connect(up_addr)
+    if router_up:
+        up = ctx.socket(zmq.ROUTER)
+        up.setsockopt(zmq.LINGER, 0)
+        up.bind(up_addr)
+    else:
+        up = ctx.socket(zmq.DEALER)
+        up.setsockopt(zmq.LINGER, 0)
+        up.connect(up_addr)
+
+    def recv_up():
+        m = up.recv_multipart()
+        return m[1:] if router_up else m
+
+    def send_up(m):
+        up.send_multipart([b"R", *m] if router_up else m)
+
     if down_addr is None:  # the "worker": echo
         while True:
             if not up.poll(5000):
                 return
-            m = up.recv_multipart()
+            m = recv_up()
             if m[0] == b"stop":
                 return
-            up.send_multipart(m)
+            send_up(m)
     down = ctx.socket(zmq.DEALER)
     down.setsockopt(zmq.LINGER, 0)
     down.bind(down_addr)
@@ -54,12 +73,21 @@ def _relay(up_addr: str, down_addr: str | None) -> None:
         if not ev:
             return
         if up in ev:
-            m = up.recv_multipart()
+            m = recv_up()
             down.send_multipart(m)
             if m[0] == b"stop":
                 return
         if down in ev:
-            up.send_multipart(down.recv_multipart())
+            send_up(down.recv_multipart())
+
+
+def _free_port() -> int:
+    import socket as pysock
+    s = pysock.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
 def measure(args) -> dict:
@@ -75,27 +103,31 @@ def measure(args) -> dict:
     tmp = tempfile.mkdtemp(prefix="faasx-floor-")
     # hop i connects up to addrs[i]; the last hop (the "worker") is on ipc, the others on TCP
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    addrs = []
-    for i in range(hops):
-        if i == hops - 1 and hops > 1:
-            addrs.append(f"ipc://{tmp}/w")
-        else:
-            addrs.append(None)  # tcp, random port (bound below or by the relay)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    addrs[0] = f"tcp://127.0.0.1:{port}"
-    for i in range(1, hops):
-        if addrs[i] is None:
-            import socket as pysock
-            s = pysock.socket()
-            s.bind(("127.0.0.1", 0))
-            addrs[i] = f"tcp://127.0.0.1:{s.getsockname()[1]}"
-            s.close()
-    procs = [mp.get_context("fork").Process(target=_relay, args=(addrs[i], addrs[i + 1] if i + 1 < hops else None),
-                                            daemon=True) for i in range(hops)]
+    split = mode == "split"
+    addrs = [f"ipc://{tmp}/w" if (i == hops - 1 and hops > 1) else f"tcp://127.0.0.1:{_free_port()}"
+             for i in range(hops)]
+    if split:  # the first relay binds a ROUTER; the client connects a sending and a receiving socket
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, b"S")
+        rsock = ctx.socket(zmq.DEALER)
+        rsock.setsockopt(zmq.IDENTITY, b"R")
+        for x in (sock, rsock):
+            x.setsockopt(zmq.LINGER, 0)
+    else:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(addrs[0])
+    procs = [mp.get_context("fork").Process(target=_relay, args=(addrs[i], addrs[i + 1] if i + 1 < hops else None,
+                                                                 split and i == 0), daemon=True)
+             for i in range(hops)]
     for p in procs:
         p.start()
+    if split:
+        import time
+        time.sleep(0.3)
+        sock.connect(addrs[0])
+        rsock.connect(addrs[0])
+        time.sleep(0.5)  # let the ROUTER learn both identities
     lat: list[float] = []
     try:
         if mode == "direct":
@@ -103,6 +135,32 @@ def measure(args) -> dict:
                 sock.send_multipart([b"t", b"%d" % k])
                 return sock.recv_multipart()
             stop = None
+        elif split:
+            # the caller sends on its own socket (no hand-off); an I/O thread only receives and resolves
+            pending: dict = {}
+            stop = threading.Event()
+            send_lock = threading.Lock()
+
+            def io():
+                while not stop.is_set():
+                    if not rsock.poll(100):
+                        continue
+                    while True:
+                        try:
+                            m = rsock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        pending.pop(int(m[1])).set_result(m)
+
+            th = threading.Thread(target=io, daemon=True)
+            th.start()
+
+            def rt(k: int):
+                f: Future = Future()
+                pending[k] = f
+                with send_lock:
+                    sock.send_multipart([b"t", b"%d" % k])
+                return f.result(10)
         else:
             r, w = os.pipe()
             os.set_blocking(r, False)
@@ -157,6 +215,8 @@ def measure(args) -> dict:
             if p.is_alive():
                 p.kill()
         sock.close()
+        if split:
+            rsock.close()
         ctx.term()
     return {"mode": mode, "hops": hops, "latency": C.summarize_latencies(lat)}
 
@@ -178,7 +238,7 @@ def main(argv=None) -> int:
     info = C.machine_info()
     print(f"bench_floor: bare ZeroMQ relay chains, {args.rounds} sequential round trips; {info.get('cpus')} cpus, "
           f"pyzmq {info.get('pyzmq')}", flush=True)
-    variants = [f"{m}:{h}" for h in (1, 2, 3) for m in ("direct", "thread")]
+    variants = [f"{m}:{h}" for h in (1, 2, 3) for m in ("direct", "thread", "split")]
     runs: dict[str, list] = {v: [] for v in variants}
     errors = []
     for rep in range(args.repeat):
