@@ -449,11 +449,15 @@ class Manager:
         if proc is not None:
             try:
                 code = proc.wait(0.5)
+                killed_here = False
             except subprocess.TimeoutExpired:
                 self._kill(proc)
                 code = proc.wait()
-            if not detail or code != 0:
+                killed_here = True     # our SIGKILL is not the cause: keep the detail that says why
+            if not detail or (code != 0 and not killed_here):
                 how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            elif killed_here:
+                how = f"{detail}; the manager stopped it"
         if container is not None and not was_ready:
             self._container_start_failed(wid, container, how, results, payloads,
                                          definite=proc is not None and code in ENGINE_ERROR_CODES)
