@@ -273,7 +273,7 @@ CHANNEL_ABUSE = {
 @pytest.mark.parametrize("abuse", sorted(CHANNEL_ABUSE))
 def test_worker_channel_abuse_never_hangs_or_kills_the_manager(ex, abuse, report):
     data, frames, nap = CHANNEL_ABUSE[abuse]
-    managers = {m["pid"] for m in ex.executor.connected_managers()}
+    managers = {m["pid"] for m in wait_for(ex.executor.connected_managers, 30, what="the manager to register")}
 
     def slow(i):
         import time
