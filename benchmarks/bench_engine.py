@@ -48,6 +48,9 @@ SYSTEMS = {
 def measure(args) -> dict:
     system = args.child
     res: dict = {"system": system}
+    if args.cpus:  # pin this process, and so everything it starts, to these CPUs
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+        res["cpus"] = sorted(os.sched_getaffinity(0))
     t0 = C.now()
     # imports are not part of cold start (faasx imports lazily: touch the class to import it now)
     if system == "faasx":
@@ -181,6 +184,9 @@ def main(argv=None) -> int:
                    help="tasks for faasx map(chunksize) (default 200,000; 0 to skip)")
     p.add_argument("--chunksize", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--cpus", default="", metavar="LIST",
+                   help="pin each system (its child process and everything it starts) to these CPUs, e.g. 0 "
+                        "(an experiment: by default nothing is pinned)")
     p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list of {', '.join(SYSTEMS)}")
     p.add_argument("--repeat", type=int, default=1, help="fresh-process runs per system; medians reported")
     p.add_argument("--cold-timeout", type=float, default=120.0, help="seconds allowed for the first result")
@@ -204,12 +210,14 @@ def main(argv=None) -> int:
     info = C.machine_info()
     print(f"bench_engine: noop, {args.workers} workers, one local block; throughput {args.tasks:,} tasks, "
           f"latency {args.latency} round trips, map {args.map_tasks:,} tasks chunksize={args.chunksize}; "
+          + (f"ALL PINNED to CPUs {args.cpus}; " if args.cpus else "") +
           f"{info.get('cpus')} cpus, parsl {info.get('parsl')}, faasx {info.get('faasx')} ({info.get('git')})",
           flush=True)
 
     child_args = ["--tasks", str(args.tasks), "--latency", str(args.latency), "--warmup", str(args.warmup),
                   "--cpu-rounds", str(args.cpu_rounds), "--map-tasks", str(args.map_tasks), "--chunksize", str(args.chunksize),
-                  "--workers", str(args.workers), "--cold-timeout", str(args.cold_timeout)]
+                  "--workers", str(args.workers), "--cold-timeout", str(args.cold_timeout),
+                  "--cpus", args.cpus]
     timeout = 240 + args.tasks / 300 + args.map_tasks / 2000 + args.cold_timeout
     runs: dict[str, list[dict]] = {s: [] for s in systems}
     errors = []
