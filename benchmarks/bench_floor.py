@@ -100,7 +100,7 @@ def measure(args) -> dict:
 
     mode, _, hops_s = args.child.partition(":")
     hops = int(hops_s)
-    tmp = tempfile.mkdtemp(prefix="faasx-floor-")
+    tmp = tempfile.mkdtemp(prefix="floor-", dir=C.child_tmpdir())  # removed with the child's directory
     # hop i connects up to addrs[i]; the last hop (the "worker") is on ipc, the others on TCP
     ctx = zmq.Context()
     split = mode == "split"
