@@ -392,8 +392,12 @@ class EngineClient:
                         body.get("manager"), body.get("block_id"), body.get("workers"))
         elif kind == "lost":
             self.managers_connected = max(0, self.managers_connected - 1)
-            logger.warning("executor %s: manager %s of block %s removed: %s", self.label, body.get("manager"),
-                           body.get("block_id"), body.get("reason"))
+            # a manager leaving idle (scale-in, shutdown, drain) is routine; one that took tasks with it is not
+            affected = (body.get("requeued") or 0) + (body.get("failed") or 0)
+            logger.log(logging.WARNING if affected else logging.INFO,
+                       "executor %s: manager %s of block %s removed: %s (%d task(s) re-queued, %d failed)",
+                       self.label, body.get("manager"), body.get("block_id"), body.get("reason"),
+                       body.get("requeued") or 0, body.get("failed") or 0)
         elif kind == "refused":
             self.last_refusal = body
             logger.error("executor %s: the interchange refused manager %s: %s", self.label, body.get("manager"),

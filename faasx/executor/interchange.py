@@ -323,7 +323,8 @@ class Interchange:
                        f"{m.block_id} was lost ({why}) while holding it; gave up after {rec.attempts} attempt(s) "
                        f"(max_retries_on_system_failure={sched.max_retries})", rec.attempts)
         self._send_client(P.pack(P.EVENT, {"kind": "lost", "manager": mid.decode(errors="replace"),
-                                           "block_id": m.block_id, "reason": why}))
+                                           "block_id": m.block_id, "reason": why,
+                                           "requeued": len(requeued), "failed": len(failed)}))
 
     def _send_manager(self, mid: bytes, frames: list) -> bool:
         try:
