@@ -17,6 +17,7 @@ import pytest
 
 import faasx
 from faasx.containers import ContainerStartError, container_key
+from tests import support
 
 HEARTBEATS = dict(heartbeat_period=0.5, heartbeat_threshold=10.0)
 
@@ -36,14 +37,7 @@ def where_am_i():
 
 
 def wait_for(predicate, timeout, what, interval=0.1):
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {value!r}")
+    return support.wait_for(predicate, timeout, interval, what)
 
 
 def warm_keys(ex):

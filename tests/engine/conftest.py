@@ -1,9 +1,10 @@
 """Fixtures for engine tests: real interchange, manager and worker processes on this machine."""
-import os
 import time
 
 import psutil
 import pytest
+
+from tests import support
 
 import faasx
 
@@ -24,13 +25,7 @@ def faasx_processes(run_dir: str):
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return support.wait_for(predicate, timeout, interval, what)
 
 
 def descendants_named(root_pid: int, role: str):

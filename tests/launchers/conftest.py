@@ -21,10 +21,11 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 import uuid
 
 import pytest
+
+from tests import support
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -68,14 +69,7 @@ def run_fragment():
 
 
 def _wait_for(fn, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {value!r}")
+    return support.wait_for(fn, timeout, interval, what)
 
 
 @pytest.fixture

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from typing import Callable, Dict, Iterable, Optional
 
 import psutil
 
 import parsl
+
+from tests import support
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -31,15 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def wait_until(pred: Callable[[], object], timeout: float, what, interval: float = 0.1):
     """Poll ``pred`` until it returns something truthy; fail after ``timeout`` seconds.  ``what`` (a
     string, or a callable giving one at failure time) says what was awaited."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            text = what() if callable(what) else what
-            raise AssertionError(f"timed out after {timeout}s waiting for {text} (last value: {value!r})")
-        time.sleep(interval)
+    return support.wait_for(pred, timeout, interval, what)
 
 
 def _alive(pid: int) -> bool:

@@ -21,9 +21,10 @@ import dataclasses
 import os
 import subprocess
 import sys
-import time
 
 import pytest
+
+from tests import support
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:
@@ -93,14 +94,7 @@ def squeue_ids(slurm_cluster):
 @pytest.fixture
 def wait_for():
     def wait(fn, timeout=30.0, interval=0.2, what=None):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = fn()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout} s waiting for {what or fn}", pytrace=False)
-            time.sleep(interval)
+        return support.wait_for(fn, timeout, interval, what)
     return wait
 
 

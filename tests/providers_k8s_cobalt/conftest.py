@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import pytest
+
+from tests import support
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FAKES = os.path.join(ROOT, "tests", "fakes")
@@ -26,14 +27,7 @@ from kube_api import FakeKubeAPI  # noqa: E402
 
 
 def _wait_for(fn, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {value!r}")
+    return support.wait_for(fn, timeout, interval, what)
 
 
 @pytest.fixture

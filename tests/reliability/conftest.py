@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import psutil
 import pytest
@@ -40,15 +40,7 @@ if ROOT not in sys.path:
 _REPORT: Dict[str, dict] = {}
 
 
-def wait_for(fn: Callable, timeout: float, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}", pytrace=False)
-        time.sleep(interval)
+from tests.support import wait_for  # noqa: E402,F401  (re-exported for the tests here)
 
 
 @pytest.fixture

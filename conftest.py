@@ -1,0 +1,7 @@
+# The repository root on sys.path, so every test directory can import tests.support.
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
