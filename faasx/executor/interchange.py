@@ -386,6 +386,15 @@ class Interchange:
         hb = P.pack(P.HEARTBEAT, {})
         for mid in self.scheduler.expired(now, self.hb_threshold):
             self.remove_manager(mid, f"no heartbeat for more than {self.hb_threshold}s (heartbeat_threshold)", now)
+        for key, recs in self.scheduler.unroutable(now, self.hb_threshold):
+            need = "accelerators (available_accelerators)" if key == "gpu" else "a container runtime on PATH"
+            logger.error("failing %d task(s) needing %r: none of the %d connected manager(s) has %s",
+                         len(recs), key, len(self.scheduler.managers), need)
+            self.stats["failed_unroutable"] = self.stats.get("failed_unroutable", 0) + len(recs)
+            for rec in recs:
+                self._fail(rec.tid, "FAILED", f"task {rec.tid} needs {key!r}, but none of the "
+                           f"{len(self.scheduler.managers)} connected manager(s) can run it: they have no {need}. "
+                           "Fix: give the executor nodes that have it, or drop the requirement.", rec.attempts)
         for mid in list(self.scheduler.managers):
             if not self._send_manager(mid, hb):
                 self.remove_manager(mid, "unreachable (its connection is gone)", now)

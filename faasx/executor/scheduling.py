@@ -129,6 +129,15 @@ class _Queue:
             self.fifo.append(rec)
         self.live += 1
 
+    def drain(self) -> List[TaskRecord]:
+        """Every live task, in dispatch order; the queue is empty afterwards."""
+        out = []
+        while True:
+            rec = self.pop()
+            if rec is None:
+                return out
+            out.append(rec)
+
     def pop(self) -> Optional[TaskRecord]:
         while True:
             heap, fifo = self.heap, self.fifo
@@ -155,6 +164,7 @@ class Scheduler:
         # (a plain dict's front slowly fills with deleted slots that every lookup must skip)
         self._idle: "OrderedDict[bytes, ManagerRecord]" = OrderedDict()
         self._prefetch: "OrderedDict[bytes, ManagerRecord]" = OrderedDict()
+        self._unroutable_since: Dict[Optional[str], float] = {}
 
     # ---- tasks -------------------------------------------------------------------------------
     def submit(self, records: Iterable[TaskRecord]) -> List[TaskRecord]:
@@ -278,6 +288,31 @@ class Scheduler:
             return False
         self.queues[rec.key].push(rec, front=True)
         return True
+
+    def unroutable(self, now: float, grace: float) -> List[Tuple[str, List[TaskRecord]]]:
+        """Keyed tasks (GPU, container) that no registered manager can run, for longer than ``grace``.
+
+        While no manager is registered nothing is judged (blocks may still be starting); once some
+        are and none accepts a key for ``grace`` seconds, that key's queued tasks are taken out and
+        returned, for the caller to fail -- instead of waiting for ever.  Blocks of one executor
+        are alike, so later ones would not accept the key either.
+        """
+        out = []
+        for key, q in self.queues.items():
+            if key is DEFAULT_KEY or not q.live:
+                self._unroutable_since.pop(key, None)
+                continue
+            if not self.managers or any(m.accepts(key) for m in self.managers.values()):
+                self._unroutable_since.pop(key, None)
+                continue
+            since = self._unroutable_since.setdefault(key, now)
+            if now - since > grace:
+                recs = q.drain()
+                for rec in recs:
+                    self.tasks.pop(rec.tid, None)
+                del self._unroutable_since[key]
+                out.append((key, recs))
+        return out
 
     # ---- dispatch ----------------------------------------------------------------------------
     def dispatch(self) -> List[Tuple[ManagerRecord, List[TaskRecord]]]:

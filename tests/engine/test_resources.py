@@ -37,3 +37,11 @@ def test_memory_caps_the_task_with_a_memory_error_and_the_worker_survives(ex):
 def test_bad_resource_specifications_fail_at_submit(ex, spec):
     with pytest.raises(InvalidResourceSpecification):
         ex.submit_batch([(allocate, (1,), {}, spec)])
+
+
+def test_a_gpu_task_on_nodes_without_accelerators_fails_clearly_instead_of_waiting(ex):
+    """The shared executor's workers have no accelerators: nothing could ever run this task."""
+    fut = ex.submit_batch([(affinity_and_threads, (), {}, {"gpus": 1})])[0]
+    with pytest.raises(Exception, match="needs 'gpu'.*no accelerators"):
+        fut.result(timeout=30)
+    assert ex.submit(allocate, 1).result(timeout=30) == 2**20

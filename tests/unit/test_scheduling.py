@@ -202,3 +202,23 @@ def test_dispatch_cost_does_not_grow_with_many_idle_managers():
     assert elapsed < 0.5, f"1000 single-task dispatches over 100k idle managers took {elapsed:.3f}s"
     used = {m for m in s.managers.values() if m.idle_since == 1}
     assert len(used) == 1000          # rotation: a different manager each time
+
+
+def test_tasks_no_manager_can_run_are_given_up_after_a_grace_period():
+    s = Scheduler()
+    s.submit(tasks([1, 2], {"gpus": 1}))
+    assert s.unroutable(100, 5) == []              # no manager yet: blocks may still be starting
+    s.register_manager(b"cpu", "0", 2, 2, {}, 100)
+    assert s.unroutable(101, 5) == []              # the grace period starts now
+    s.submit(tasks([3]))
+    (key, recs), = s.unroutable(107, 5)
+    assert key == "gpu" and [r.tid for r in recs] == [1, 2]
+    assert 1 not in s.tasks and 3 in s.tasks and s.queued == 1
+
+
+def test_a_capable_manager_keeps_keyed_tasks_waiting():
+    s = Scheduler()
+    s.register_manager(b"gpu", "0", 1, 1, {"accelerators": ["0"]}, 0)
+    s.submit(tasks([1, 2], {"gpus": 1}))
+    s.dispatch()                                   # one runs, one waits for the busy GPU manager
+    assert s.unroutable(1000, 5) == [] and s.queued == 1
