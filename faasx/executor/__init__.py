@@ -33,6 +33,10 @@ Moving parts, one module each:
 ``interchange``    the process around the scheduler: two ROUTER sockets, heartbeats, expiry.
 ``worker_table``   ``WorkerTable``: the manager's pure worker bookkeeping and adaptive batching.
 ``manager``        the per-node process: registration, workers, heartbeats, drain.
+``container_workers`` the manager's per-function container workers (start on demand, keep warm, retire).
+``channel``        the manager <-> worker link: framed messages over an inherited socketpair.
+``sockets``        hot-path ZeroMQ send and drain.
+``memo``           memoization keys and the (optionally SQLite-backed) result store.
 ``worker``         the process that runs functions.
 ``security``       CurveZMQ keys and the ZAP allow-list for the manager port.
 ``registry``       registered functions (submit by id).
