@@ -294,7 +294,10 @@ class Manager(ContainerWorkers):
             if proc.poll() is None:
                 self._remove_container(wid)   # a container outlives a killed ``podman run``
             self._kill(proc)   # the whole group: also children the functions left behind
-            proc.wait()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                logger.error("worker %d (pid %d) did not die after SIGKILL within 5 s", wid, proc.pid)
         for chan in self.chans.values():
             chan.close()
         self.procs.clear()
@@ -344,14 +347,19 @@ class Manager(ContainerWorkers):
         return True
 
     def run(self) -> int:
+        # Start-up is bounded as a whole too: probing, registering and (on failure) cleaning up end
+        # within this many seconds, or the kernel ends the process.
+        arm_exit_watchdog(int(self.args.address_probe_timeout + self.args.heartbeat_threshold) + 30)
         # workers boot (~0.1 s of imports) while the registration round trip is under way
         for _ in range(self.n_workers):
             self.start_worker()
         if not self.connect():
+            arm_exit_watchdog(10)   # only plain workers exist yet: their cleanup takes well under a second
             self.stop_workers(grace=0)
             self.ic.close(0)
             self.ctx.term()
             return 1
+        signal.alarm(0)   # registered: from here liveness is the heartbeats' job
         poller = self.poller
         hb_period = self.args.heartbeat_period
         threshold = self.args.heartbeat_threshold
@@ -517,6 +525,7 @@ class Manager(ContainerWorkers):
             self.ic.send_multipart(P.pack(P.DRAIN, {"reason": reason}))
 
     def shutdown(self) -> int:
+        arm_exit_watchdog()
         held = self.table.all_tids()
         # BYE first: nothing a worker finishes from here on is forwarded, so the held tasks are lost to
         # this manager already; saying so now lets the interchange re-dispatch them without waiting for
@@ -534,6 +543,16 @@ class Manager(ContainerWorkers):
         logger.info("manager %s exited (%s); %d task(s) were still held", self.mid.decode(),
                     self.terminate_reason or self.drain_reason or "exit", len(held))
         return 0
+
+
+EXIT_WATCHDOG = 60   # seconds a normal exit may take (container removals included) before the kernel ends it
+
+
+def arm_exit_watchdog(seconds: int = EXIT_WATCHDOG) -> None:
+    """Bound the exit path: whatever cleanup blocks on, the process ends within ``seconds`` (SIGALRM
+    with its default action), so a manager never outlives its purpose."""
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(seconds)
 
 
 def probe_addresses(addresses: List[str], port: int, timeout: float) -> Optional[str]:
