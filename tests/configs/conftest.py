@@ -110,12 +110,7 @@ def schedulers(tmp_path, monkeypatch):
 
 @pytest.fixture
 def shims(tmp_path, monkeypatch):
-    bin_dir = tmp_path / "launcher-bin"
-    bin_dir.mkdir()
-    log = tmp_path / "launcher-log.jsonl"
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("LAUNCHER_SHIM_LOG", str(log))
-    return launch_shims.install(str(bin_dir), str(log))
+    return launch_shims.install_on_path(tmp_path, monkeypatch)
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ import struct
 import subprocess
 import sys
 import tempfile
-import textwrap
-import uuid
 
 import pytest
+
+from tests import support
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MARKER = "faasx-container-test-marker"
@@ -65,15 +65,7 @@ def _require_podman():
 def podman_env():
     _require_podman()
     work = tempfile.mkdtemp(prefix="faasx-ctest-conf-")
-    conf = os.path.join(work, "containers.conf")
-    with open(conf, "w") as f:
-        f.write(textwrap.dedent("""\
-            [containers]
-            default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
-            [engine]
-            runtime = "runc"
-            """))
-    yield {"CONTAINERS_CONF": conf}
+    yield {"CONTAINERS_CONF": support.write_podman_conf(work)}
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -85,21 +77,8 @@ def _podman(args, env, **kw):
 @pytest.fixture(scope="session")
 def test_image(podman_env):
     work = tempfile.mkdtemp(prefix="faasx-ctest-image-")
-    rootfs = os.path.join(work, "rootfs")
-    for d in ("bin", "etc", "tmp", "usr"):
-        os.makedirs(os.path.join(rootfs, d))
-    shutil.copy2(shutil.which("busybox"), os.path.join(rootfs, "bin", "busybox"))
-    for applet in ("sh", "cat", "echo", "sleep", "kill", "env", "ls"):
-        os.symlink("busybox", os.path.join(rootfs, "bin", applet))
-    os.symlink("usr/lib", os.path.join(rootfs, "lib"))
-    os.symlink("usr/lib64", os.path.join(rootfs, "lib64"))
-    with open(os.path.join(rootfs, "etc", "faasx-test-marker"), "w") as f:
-        f.write(MARKER + "\n")
-    tar = os.path.join(work, "rootfs.tar")
-    subprocess.run(["tar", "-C", rootfs, "-cf", tar, "."], check=True)
-    image = f"localhost/faasx-test-containers:{uuid.uuid4().hex[:12]}"
-    out = _podman(["import", "--quiet", tar, image], podman_env)
-    assert out.returncode == 0, out.stderr
+    image = support.build_busybox_image(work, "faasx-test-containers", "/etc/faasx-test-marker", MARKER,
+                                        ("sh", "cat", "echo", "sleep", "kill", "env", "ls"), podman_env)
     try:
         yield image
     finally:

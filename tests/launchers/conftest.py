@@ -20,8 +20,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import textwrap
-import uuid
 
 import pytest
 
@@ -38,12 +36,7 @@ import launch_shims  # noqa: E402
 MARKER = "faasx-test-image-marker"
 @pytest.fixture
 def shims(tmp_path, monkeypatch):
-    bin_dir = tmp_path / "shim-bin"
-    bin_dir.mkdir()
-    log = tmp_path / "shim-log.jsonl"
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("LAUNCHER_SHIM_LOG", str(log))
-    return launch_shims.install(str(bin_dir), str(log))
+    return launch_shims.install_on_path(tmp_path, monkeypatch)
 
 
 @pytest.fixture
@@ -127,31 +120,11 @@ def podman_image():
             pytest.fail(f"FAASX_REQUIRE_PODMAN=1 but {reason}")
         pytest.skip(reason)
     work = tempfile.mkdtemp(prefix="faasx-podman-")
-    conf = os.path.join(work, "containers.conf")
-    with open(conf, "w") as f:
-        # the recipe: crun fails on these machines (setrlimit, hybrid cgroups); runc with lowered ulimits works
-        f.write(textwrap.dedent("""\
-            [containers]
-            default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
-            [engine]
-            runtime = "runc"
-            """))
-    rootfs = os.path.join(work, "rootfs")
-    for d in ("bin", "etc", "tmp", "usr"):
-        os.makedirs(os.path.join(rootfs, d))
-    shutil.copy2(shutil.which("busybox"), os.path.join(rootfs, "bin", "busybox"))
-    for applet in ("sh", "cat", "echo", "sleep", "kill", "env", "ls", "pwd", "nc", "printf", "id"):
-        os.symlink("busybox", os.path.join(rootfs, "bin", applet))
-    os.symlink("usr/lib", os.path.join(rootfs, "lib"))
-    os.symlink("usr/lib64", os.path.join(rootfs, "lib64"))
-    with open(os.path.join(rootfs, "etc", "faasx-marker"), "w") as f:
-        f.write(MARKER + "\n")
-    tar = os.path.join(work, "rootfs.tar")
-    subprocess.run(["tar", "-C", rootfs, "-cf", tar, "."], check=True)
-    image = f"localhost/faasx-test-launchers:{uuid.uuid4().hex[:12]}"
+    conf = support.write_podman_conf(work)
+    image = support.build_busybox_image(
+        work, "faasx-test-launchers", "/etc/faasx-marker", MARKER,
+        ("sh", "cat", "echo", "sleep", "kill", "env", "ls", "pwd", "nc", "printf", "id"), {"CONTAINERS_CONF": conf})
     env = dict(os.environ, CONTAINERS_CONF=conf)
-    subprocess.run(["podman", "import", "--quiet", tar, image], check=True, env=env, capture_output=True,
-                   timeout=120)
     try:
         yield image, {"CONTAINERS_CONF": conf}
     finally:

@@ -71,6 +71,16 @@ def install(bin_dir: str, log_path: str) -> "ShimLog":
     return ShimLog(log_path)
 
 
+def install_on_path(tmp_path, monkeypatch) -> "ShimLog":
+    """``install`` into a fresh directory of ``tmp_path`` put first on PATH for this test."""
+    bin_dir = tmp_path / "shim-bin"
+    bin_dir.mkdir()
+    log = tmp_path / "shim-log.jsonl"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("LAUNCHER_SHIM_LOG", str(log))
+    return install(str(bin_dir), str(log))
+
+
 class ShimLog:
     """The calls recorded by the shims, in order."""
 
