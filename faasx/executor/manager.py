@@ -99,6 +99,9 @@ class Manager(ContainerWorkers):
         self.ic.setsockopt(zmq.IDENTITY, self.mid)
         self.ic.setsockopt(zmq.SNDHWM, 0)
         self.ic.setsockopt(zmq.RCVHWM, 0)
+        # A DEALER with no peer pipe blocks in send; after a fatal handshake failure (wrong or missing
+        # CURVE keys) it has none, and would block for ever.  Bound every send by the liveness threshold.
+        self.ic.setsockopt(zmq.SNDTIMEO, int(args.heartbeat_threshold * 1000))
         if args.max_payload_size:
             self.ic.setsockopt(zmq.MAXMSGSIZE, args.max_payload_size + (16 << 20))
         if args.cert_dir:
@@ -329,7 +332,13 @@ class Manager(ContainerWorkers):
             "versions": P.versions(), "token": self.args.token, "accelerators": self.accelerators,
             "containers": bool(self.runtimes), "container_runtimes": self.runtimes,
         }
-        self.ic.send_multipart(P.pack(P.REGISTER, register))
+        try:
+            self.ic.send_multipart(P.pack(P.REGISTER, register))
+        except zmq.Again:
+            logger.error("the interchange at %s did not answer the registration: it could not even be sent within "
+                         "%ss (no connection; with encryption on, check that this node can read the executor's "
+                         "cert_dir)", url, self.args.heartbeat_threshold)
+            return False
         logger.info("registering with the interchange at %s as %s (block %s, %d workers)", url, self.mid.decode(),
                     self.block_id, self.n_workers)
         if not self.ic.poll(int(self.args.heartbeat_threshold * 1000)):
@@ -349,7 +358,10 @@ class Manager(ContainerWorkers):
     def run(self) -> int:
         # Start-up is bounded as a whole too: probing, registering and (on failure) cleaning up end
         # within this many seconds, or the kernel ends the process.
-        arm_exit_watchdog(int(self.args.address_probe_timeout + self.args.heartbeat_threshold) + 30)
+        probing = len([a for a in self.args.addresses.split(",") if a]) > 1
+        bound = int((self.args.address_probe_timeout if probing else 0) + 2 * self.args.heartbeat_threshold) + 10
+        arm_exit_watchdog(bound, f"the interchange did not answer the registration within the start-up bound of "
+                                 f"{bound}s (start-up watchdog); exiting")
         # workers boot (~0.1 s of imports) while the registration round trip is under way
         for _ in range(self.n_workers):
             self.start_worker()
@@ -368,58 +380,64 @@ class Manager(ContainerWorkers):
         results: list = []
         payloads: list = []
         ic_sock = self.ic
-        while self.running:
-            timeout = 0 if self.table.assignable() else WORKER_CHECK_PERIOD * 1000
-            events = poller.poll(timeout)
-            now = time.monotonic()
-            for sock, _ in events:
-                if sock is ic_sock:
-                    last_ic = now
-                    for frames in drain(ic_sock, 1000):
-                        self.handle_interchange(frames)
-                else:
-                    wid = self.fd_wid.get(sock)
-                    chan = self.chans.get(wid) if wid is not None else None
-                    if chan is None:
-                        if sock in self.listeners:
-                            self.accept_container_worker(sock)
-                        continue
-                    try:
-                        for frames in chan.recv_available():
-                            self.handle_worker(wid, frames, results, payloads, now)
-                    except (ChannelClosed, ChannelError, ConnectionResetError) as e:
-                        self.worker_gone(wid, results, payloads, f"closed its connection ({e})")
-            if now - last_check >= WORKER_CHECK_PERIOD:
-                last_check = now
-                self.check_workers(results, payloads)
-                if time.time() >= self.drain_at and not self.draining:
-                    self.start_drain("the block's walltime is nearly over" if os.environ.get("FAASX_WALLTIME_END")
-                                     else f"drain_period of {self.args.drain_period}s reached")
-            self.dispatch_to_workers(now, results, payloads)
-            # also while draining: held container tasks may still need their worker started
-            if self.table.queued() and self.running and (
-                    self.container_names or len(self.table.slots) < self.n_workers
-                    or any(self.table.cqueues.values())):
-                self.manage_containers(results, payloads)
-            if results:
-                send(ic_sock, P.pack(P.RESULTS, results, payloads))
-                results, payloads = [], []
-            if now - last_capacity >= CAPACITY_UPDATE_PERIOD and not self.draining:
-                last_capacity = now
-                self.update_capacity()
-            warm = self.table.warm() if self.container_names else []
-            if now - last_hb >= hb_period or warm != self.advertised_warm:
-                last_hb = now
-                self.advertised_warm = warm
-                ic_sock.send_multipart(P.pack(P.HEARTBEAT, {"held": self.table.held(), "warm": warm}))
-            if now - last_ic > threshold:
-                logger.error("the interchange has been silent for %.1fs (heartbeat_threshold %ss); it is gone. "
-                             "Stopping workers and exiting.", now - last_ic, threshold)
-                self.terminate_reason = "interchange lost"
-                self.running = False
-            if self.draining and self.table.held() == 0:
-                logger.info("drained (%s): no tasks left; exiting", self.drain_reason)
-                self.running = False
+        try:
+            while self.running:
+                timeout = 0 if self.table.assignable() else WORKER_CHECK_PERIOD * 1000
+                events = poller.poll(timeout)
+                now = time.monotonic()
+                for sock, _ in events:
+                    if sock is ic_sock:
+                        last_ic = now
+                        for frames in drain(ic_sock, 1000):
+                            self.handle_interchange(frames)
+                    else:
+                        wid = self.fd_wid.get(sock)
+                        chan = self.chans.get(wid) if wid is not None else None
+                        if chan is None:
+                            if sock in self.listeners:
+                                self.accept_container_worker(sock)
+                            continue
+                        try:
+                            for frames in chan.recv_available():
+                                self.handle_worker(wid, frames, results, payloads, now)
+                        except (ChannelClosed, ChannelError, ConnectionResetError) as e:
+                            self.worker_gone(wid, results, payloads, f"closed its connection ({e})")
+                if now - last_check >= WORKER_CHECK_PERIOD:
+                    last_check = now
+                    self.check_workers(results, payloads)
+                    if time.time() >= self.drain_at and not self.draining:
+                        self.start_drain("the block's walltime is nearly over" if os.environ.get("FAASX_WALLTIME_END")
+                                         else f"drain_period of {self.args.drain_period}s reached")
+                self.dispatch_to_workers(now, results, payloads)
+                # also while draining: held container tasks may still need their worker started
+                if self.table.queued() and self.running and (
+                        self.container_names or len(self.table.slots) < self.n_workers
+                        or any(self.table.cqueues.values())):
+                    self.manage_containers(results, payloads)
+                if results:
+                    send(ic_sock, P.pack(P.RESULTS, results, payloads))
+                    results, payloads = [], []
+                if now - last_capacity >= CAPACITY_UPDATE_PERIOD and not self.draining:
+                    last_capacity = now
+                    self.update_capacity()
+                warm = self.table.warm() if self.container_names else []
+                if now - last_hb >= hb_period or warm != self.advertised_warm:
+                    last_hb = now
+                    self.advertised_warm = warm
+                    ic_sock.send_multipart(P.pack(P.HEARTBEAT, {"held": self.table.held(), "warm": warm}))
+                if now - last_ic > threshold:
+                    logger.error("the interchange has been silent for %.1fs (heartbeat_threshold %ss); it is gone. "
+                                 "Stopping workers and exiting.", now - last_ic, threshold)
+                    self.terminate_reason = "interchange lost"
+                    self.running = False
+                if self.draining and self.table.held() == 0:
+                    logger.info("drained (%s): no tasks left; exiting", self.drain_reason)
+                    self.running = False
+        except zmq.Again:
+            # every send to the interchange is bounded (SNDTIMEO = heartbeat_threshold)
+            logger.error("could not send to the interchange for %ss: it is gone. Stopping workers and exiting.",
+                         threshold)
+            self.terminate_reason = "interchange unreachable"
         return self.shutdown()
 
     def handle_interchange(self, frames) -> None:
@@ -548,10 +566,18 @@ class Manager(ContainerWorkers):
 EXIT_WATCHDOG = 60   # seconds a normal exit may take (container removals included) before the kernel ends it
 
 
-def arm_exit_watchdog(seconds: int = EXIT_WATCHDOG) -> None:
-    """Bound the exit path: whatever cleanup blocks on, the process ends within ``seconds`` (SIGALRM
-    with its default action), so a manager never outlives its purpose."""
-    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+def arm_exit_watchdog(seconds: int = EXIT_WATCHDOG, message: Optional[str] = None) -> None:
+    """Bound a phase: whatever it blocks on, the process ends within ``seconds`` (SIGALRM).  With a
+    ``message`` it is logged first (blocking pyzmq calls return to Python on a signal); without one
+    the kernel's default action ends the process, which works even inside any C call."""
+    if message is None:
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    else:
+        def expired(_signum, _frame):
+            logger.error("%s", message)
+            logging.shutdown()
+            os._exit(1)
+        signal.signal(signal.SIGALRM, expired)
     signal.alarm(seconds)
 
 
