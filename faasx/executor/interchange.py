@@ -365,16 +365,25 @@ class Interchange:
             now = time.monotonic()
             if client in events:
                 for frames in drain(client, RECV_BATCH):
-                    self.handle_client(frames, now)
+                    self._guarded(self.handle_client, frames, now, "client")
             if managers in events:
                 for frames in drain(managers, RECV_BATCH):
-                    self.handle_manager(frames, now)
+                    self._guarded(self.handle_manager, frames, now, "manager")
             self.dispatch(now)
             self.flush_results()
             if now - last_hb >= self.hb_period:
                 last_hb = now
                 self.periodic(now)
         self.shutdown()
+
+    def _guarded(self, handler, frames: list, now: float, port: str) -> None:
+        """No message may end the interchange: anything a handler did not foresee is logged and counted
+        as malformed (the specific checks live in ``protocol`` and the handlers)."""
+        try:
+            handler(frames, now)
+        except Exception:
+            self.stats["malformed"] += 1
+            logger.exception("%s port: dropped a message that broke its handler (peer %r)", port, frames[0][:64])
 
     def flush_results(self) -> None:
         if self.out_body:

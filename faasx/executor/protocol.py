@@ -147,7 +147,7 @@ def unpack(frames: Sequence[Any]) -> Tuple[int, Any, Sequence[Any]]:
     version, msg_type, body = decoded
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {version!r}, expected {PROTOCOL_VERSION}")
-    if msg_type not in TYPE_NAMES:
+    if not isinstance(msg_type, int) or isinstance(msg_type, bool) or msg_type not in TYPE_NAMES:
         raise ProtocolError(f"unknown message type {msg_type!r}")
     return msg_type, body, frames[1:]
 

@@ -178,3 +178,10 @@ def test_fixed_prefetch_capacity_is_respected():
     t.add(0)
     t.done(0, [1], 1.0)
     assert t.prefetch() == 3
+
+
+@pytest.mark.parametrize("bad_type", [[1], {"a": 1}, "TASKS", True, 4.0, None])
+def test_message_types_that_are_not_ints_are_protocol_errors(bad_type):
+    """Found by the fuzzer: an unhashable type (a list) used to raise TypeError and end the interchange."""
+    with pytest.raises(P.ProtocolError):
+        P.unpack([msgpack.packb([P.PROTOCOL_VERSION, bad_type, None])])
