@@ -29,6 +29,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from faasx.errors import FunctionExited, PayloadTooLarge, SerializationError
+from faasx.executor import affinity
 from faasx.executor import protocol as P
 from faasx.executor.channel import Channel, ChannelClosed, ChannelError
 from faasx.executor.processes import die_with_parent, set_process_name
@@ -199,8 +200,13 @@ def main(argv=None) -> int:
                         help="the manager's pid; 0 when it is in another PID namespace (a container)")
     parser.add_argument("--max-payload-size", type=int, default=1 << 30)
     parser.add_argument("--log-file", default=None)
+    parser.add_argument("--cpus", default=None,
+                        help="CPU list (\"0,1,5\") to take back from a manager pinned to its engine_cpu")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
+    # first, before any thread exists (threads inherit it): the CPUs the manager had, not its pin.
+    # task_limits() reads this set as the worker's allowed CPUs.
+    affinity.restore(args.cpus)
     set_process_name("faasx-worker")
     # in a container the parent is the container's init (the signal forwarder), which dies with it
     die_with_parent(args.manager_pid or os.getppid())
