@@ -62,6 +62,10 @@ class ContainerWorkers:
         log_base = os.path.join(self.args.logdir, f"worker_{self.mid.decode()}_{wid}")
         inner = [self.args.container_python] + command("faasx-worker", "faasx.executor.worker")[1:] + [
             "--worker-id", str(wid), "--manager-pid", "0", "--max-payload-size", str(self.args.max_payload_size)]
+        if self.worker_cpus is not None:
+            # the container's processes inherit the manager's pin (podman) or not (docker): either way the
+            # worker takes back the manager's original CPUs, as far as the container's cpuset allows
+            inner += ["--cpus", self.worker_cpus]
         # the worker logs to stderr: its lines land in the .out file with the engine's own messages
         if self.args.debug:
             inner.append("--debug")

@@ -21,6 +21,9 @@ It never runs user code, so it can always answer heartbeats.
   manager drains -- asks for nothing more, finishes what it has, says BYE and exits.  On SIGTERM
   (scheduler cancelling the job) it says BYE listing the tasks it held, so they are re-dispatched at
   once instead of after a heartbeat timeout.
+* CPU (``--engine-cpu``, the executor's ``engine_cpu``; ``faasx.executor.affinity``): the manager and
+  its ZeroMQ threads run on that one CPU, with the other engine threads of the host; its workers are
+  given back the CPUs the manager started with (``--cpus``), so they are not pinned.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ import psutil
 import zmq
 
 from faasx.containers import available_runtimes
+from faasx.executor import affinity
 from faasx.executor import protocol as P
 from faasx.executor.channel import Channel, ChannelClosed, ChannelError
 from faasx.executor.sockets import drain, send
@@ -77,8 +81,11 @@ class Manager(ContainerWorkers):
         self.hostname = socket.gethostname()
         self.mid = f"{self.hostname}-{os.getpid()}-{uuid.uuid4().hex[:6]}".encode()
         self.accelerators = [a for a in (args.accelerators or "").split(",") if a]
+        # the node's CPUs as given to this process, before it pins itself: they size the pool and are
+        # what the workers get back
+        original = affinity.allowed_cpus()
         self.n_workers = worker_count(args.max_workers_per_node, args.cores_per_worker, args.mem_per_worker,
-                                      self.accelerators)
+                                      self.accelerators, cores=len(original))
         self.table = WorkerTable(args.prefetch_capacity)
         self.procs: Dict[int, subprocess.Popen] = {}
         self.restarts: Dict[int, int] = {}
@@ -93,7 +100,22 @@ class Manager(ContainerWorkers):
         self.start_time = time.time()
         self.drain_at = self._drain_deadline()
 
+        # engine_cpu: this thread and libzmq's threads (started with the first socket) share one CPU
+        # with the interchange; workers must not inherit that, so they are told the original CPUs
+        self.engine_cpu: Optional[int] = None
+        self.worker_cpus: Optional[str] = None
+        if args.engine_cpu is not None:
+            cpu = affinity.choose(args.engine_cpu, original)
+            if affinity.pin_this_thread(cpu, "manager"):
+                self.engine_cpu = cpu
+                self.worker_cpus = affinity.format_cpus(original)
+                logger.info("manager pinned to CPU %d; workers get cpus %s", cpu, self.worker_cpus)
         self.ctx = zmq.Context(io_threads=1)
+        if self.engine_cpu is not None:
+            try:
+                self.ctx.set(zmq.THREAD_AFFINITY_CPU_ADD, self.engine_cpu)
+            except (AttributeError, zmq.ZMQError) as e:   # libzmq < 4.3: its threads inherit this thread's pin
+                logger.warning("could not set the ZeroMQ threads' CPU affinity: %s", e)
         self.ic = self.ctx.socket(zmq.DEALER)
         self.ic.setsockopt(zmq.LINGER, 0)
         self.ic.setsockopt(zmq.IDENTITY, self.mid)
@@ -161,6 +183,8 @@ class Manager(ContainerWorkers):
         argv = command("faasx-worker", "faasx.executor.worker") + [
             "--fd", str(theirs.fileno()), "--worker-id", str(wid), "--manager-pid", str(os.getpid()),
             "--max-payload-size", str(self.args.max_payload_size), "--log-file", log_base + ".log"]
+        if self.worker_cpus is not None:
+            argv += ["--cpus", self.worker_cpus]
         if self.args.debug:
             argv.append("--debug")
         try:
@@ -629,6 +653,9 @@ def main(argv=None) -> int:
                         default=os.environ.get("FAASX_CONTAINER_CHANNEL") or "auto",
                         help="how container workers reach the manager: auto (podman: inherited socket; "
                              "others: Unix socket path), or force one")
+    parser.add_argument("--engine-cpu", type=int, default=None,
+                        help="pin this manager and its ZeroMQ threads to this CPU (or, where it is not "
+                             "allowed, the highest allowed one); workers keep the manager's original CPUs")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     set_process_name("faasx-manager")
