@@ -18,6 +18,7 @@ from parsl.utils import RepresentationMixin
 from typeguard import typechecked
 
 from faasx.errors import PayloadTooLarge, UnknownFunction
+from faasx.executor import affinity
 from faasx.executor import protocol as P
 from faasx.executor.client import EngineClient, TaskFuture
 from faasx.executor.memo import MemoStore, memo_key
@@ -117,6 +118,13 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
     container_start_timeout : float
         Seconds a function container may take to start (pull, boot) before its tasks fail (None:
         300, or ``FAASX_CONTAINER_START_TIMEOUT`` on the node).
+    engine_cpu : "auto", int or None
+        The one CPU per host on which the engine's own threads run (the client's I/O thread, the
+        interchange, the managers and their ZeroMQ I/O threads), so that their hand-offs stay on one
+        CPU instead of waking another (``faasx.executor.affinity``).  "auto" (default): the CPU the
+        thread calling ``start()`` is on; an int: that CPU (a host that does not have it uses its
+        highest allowed CPU).  Workers are never pinned.  None: no pinning, e.g. on a shared host or
+        where a site forbids setting CPU affinity.
     """
 
     @typechecked
@@ -151,7 +159,8 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
                  memo_store: Optional[str] = None,
                  max_container_types: Optional[int] = None,
                  container_python: Optional[str] = None,
-                 container_start_timeout: Optional[float] = None):
+                 container_start_timeout: Optional[float] = None,
+                 engine_cpu: Union[int, str, None] = "auto"):
         if provider is None:
             from faasx.providers import LocalProvider
             provider = LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1)
@@ -165,6 +174,7 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
             raise ValueError("prefetch_capacity must be >= 0 (or None for adaptive)")
         if cores_per_worker <= 0:
             raise ValueError("cores_per_worker must be > 0")
+        self.engine_cpu = affinity.validate(engine_cpu)
         self.label = label
         self.launch_cmd = launch_cmd
         self.address = address
@@ -207,6 +217,7 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
             self.remote_monitoring_radio = FilesystemRadio()
         self._workers_per_node = self._estimate_workers_per_node()
         self._client: Optional[EngineClient] = None
+        self._engine_cpu: Optional[int] = None
         self._registry = FunctionRegistry()
         self._strategy_init_pending = False
         self._lock = threading.Lock()
@@ -273,6 +284,8 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
             from faasx.executor.security import create_keys
             cert_dir = create_keys(self.logdir)
         self._token = secrets.token_hex(16)
+        # chosen once, here, in the thread calling start(): for "auto" the CPU this thread is on
+        self._engine_cpu = affinity.choose(self.engine_cpu)
         self._client = EngineClient(label=self.label, logdir=self.logdir, token=self._token,
                                     heartbeat_period=self.heartbeat_period,
                                     heartbeat_threshold=self.heartbeat_threshold,
@@ -282,7 +295,7 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
             "loopback_address": self.loopback_address, "bind_address": bind,
             "client_port_range": self.interchange_port_range, "worker_port_range": self.worker_port_range,
             "worker_port": self.worker_port, "max_retries": self.max_retries_on_system_failure,
-            "cert_dir": cert_dir,
+            "cert_dir": cert_dir, "engine_cpu": self._engine_cpu,
         })
         self._memo = MemoStore(self.memo_store)
         self._client.memo_store = self._memo
@@ -328,6 +341,8 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
             opts += ["--container-start-timeout", repr(float(self.container_start_timeout))]
         if cert_dir:
             opts += ["--cert-dir", cert_dir]
+        if self._engine_cpu is not None:
+            opts += ["--engine-cpu", str(self._engine_cpu)]
         if self.worker_debug:
             opts.append("--debug")
         return " ".join(o if o == "{block_id}" else shlex.quote(o) for o in opts)

@@ -1,0 +1,207 @@
+"""``engine_cpu``: a manager and its ZeroMQ threads run on one CPU; its workers keep every CPU.
+
+Real executors with a local block (interchange, manager, workers); affinities are read from outside
+with ``os.sched_getaffinity(tid)`` for every thread in ``/proc/<pid>/task``.  The client's and the
+interchange's threads are not checked here.
+"""
+import os
+import socket
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+import faasx
+from faasx.executor import affinity
+from faasx.executor.parsl_executor import FaaSExecutor
+
+from .conftest import FAST_HEARTBEATS, faasx_processes, wait_until
+
+pytestmark = pytest.mark.skipif(not affinity.supported(), reason="no sched_setaffinity on this platform")
+
+ORIGINAL = os.sched_getaffinity(0) if affinity.supported() else set()
+needs_two_cpus = pytest.mark.skipif(len(ORIGINAL) < 2, reason="pinning is only visible with 2+ allowed CPUs")
+
+
+def task_affinity():
+    import os
+    return os.getpid(), sorted(os.sched_getaffinity(0))
+
+
+def cores_task():
+    import os
+    return len(os.sched_getaffinity(0)), os.environ.get("OMP_NUM_THREADS")
+
+
+def threads(pid: int) -> dict:
+    """{tid: (thread name, its CPU set)} of every thread of ``pid``."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            out[int(tid)] = (name, os.sched_getaffinity(int(tid)))
+        except (FileNotFoundError, ProcessLookupError):
+            pass   # a thread that just ended
+    return out
+
+
+def processes_named(run_dir: str, name: str):
+    found = []
+    for p in faasx_processes(run_dir):
+        try:
+            if p.name() == name:
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+def start(run_dir: str, **options) -> faasx.Executor:
+    return faasx.Executor(max_workers_per_node=2, run_dir=run_dir, **FAST_HEARTBEATS, **options)
+
+
+def stop(ex: faasx.Executor, run_dir: str) -> None:
+    ex.shutdown()
+    wait_until(lambda: not faasx_processes(run_dir), 10, "the executor's processes to exit")
+
+
+def both_workers(run_dir: str):
+    return wait_until(lambda: (lambda w: w if len(w) == 2 else None)(processes_named(run_dir, "faasx-worker")),
+                      30, "two faasx-worker processes")
+
+
+@pytest.fixture(scope="module")
+def pinned(tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("engine_cpu0"))
+    ex = start(run_dir, engine_cpu=0)
+    yield ex, run_dir
+    stop(ex, run_dir)
+
+
+@pytest.fixture(scope="module")
+def unpinned(tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("engine_cpu_none"))
+    ex = start(run_dir, engine_cpu=None)
+    yield ex, run_dir
+    stop(ex, run_dir)
+
+
+# ---- engine_cpu=0 ----------------------------------------------------------------------------------
+def test_pinned_executor_runs_tasks_and_launches_its_manager_with_engine_cpu(pinned):
+    ex, run_dir = pinned
+    assert ex.executor.engine_cpu == 0
+    assert [ex.submit(pow, 2, k).result(timeout=30) for k in range(20)] == [2 ** k for k in range(20)]
+    assert "--engine-cpu 0" in ex.executor._launch_template
+    [manager] = processes_named(run_dir, "faasx-manager")
+    cmd = manager.cmdline()
+    assert cmd[cmd.index("--engine-cpu") + 1] == "0"
+
+
+def test_every_thread_of_the_manager_is_pinned_to_the_engine_cpu(pinned):
+    ex, run_dir = pinned
+    assert ex.submit(pow, 3, 3).result(timeout=30) == 27    # registered and relaying: all threads exist
+    [manager] = processes_named(run_dir, "faasx-manager")
+    seen = threads(manager.pid)
+    names = sorted(name for name, _ in seen.values())
+    assert any(n.startswith("ZMQbg") for n in names), names     # libzmq's I/O and reaper threads are checked too
+    assert {tid: cpus for tid, (_, cpus) in seen.items()} == {tid: {0} for tid in seen}, seen
+    log = "".join(open(os.path.join(ex.executor.worker_logdir, f)).read()
+                  for f in os.listdir(ex.executor.worker_logdir) if f.startswith("manager_"))
+    assert f"manager pinned to CPU 0; workers get cpus {affinity.format_cpus(ORIGINAL)}" in log
+
+
+def test_workers_of_a_pinned_manager_get_every_original_cpu(pinned):
+    ex, run_dir = pinned
+    results = dict(f.result(timeout=30) for f in [ex.submit(task_affinity) for _ in range(20)])
+    assert results and all(cpus == sorted(ORIGINAL) for cpus in results.values()), results
+    for worker in both_workers(run_dir):
+        cmd = worker.cmdline()
+        assert cmd[cmd.index("--cpus") + 1] == affinity.format_cpus(ORIGINAL)
+        seen = threads(worker.pid)
+        assert all(cpus == ORIGINAL for _, cpus in seen.values()), seen
+
+
+@needs_two_cpus
+def test_a_task_with_cores_on_a_pinned_manager_gets_that_many_cpus_and_the_worker_gets_them_back(pinned):
+    ex, _ = pinned
+    # a worker left on its manager's single CPU could give a task only 1 of them
+    assert ex.submit_batch([(cores_task, (), {}, {"cores": 2})])[0].result(timeout=30) == (2, "2")
+    assert ex.submit_batch([(cores_task, (), {}, {"cores": 1})])[0].result(timeout=30) == (1, "1")
+    free = {ex.submit(cores_task).result(timeout=30) for _ in range(6)}
+    assert free == {(len(ORIGINAL), None)}, free
+
+
+# ---- engine_cpu=None -------------------------------------------------------------------------------
+def test_engine_cpu_none_pins_nothing(unpinned):
+    ex, run_dir = unpinned
+    assert ex.executor.engine_cpu is None
+    results = dict(f.result(timeout=30) for f in [ex.submit(task_affinity) for _ in range(20)])
+    assert all(cpus == sorted(ORIGINAL) for cpus in results.values()), results
+    assert "--engine-cpu" not in ex.executor._launch_template
+    [manager] = processes_named(run_dir, "faasx-manager")
+    assert "--engine-cpu" not in manager.cmdline()
+    seen = threads(manager.pid)
+    assert all(cpus == ORIGINAL for _, cpus in seen.values()), seen
+    for worker in both_workers(run_dir):
+        assert "--cpus" not in worker.cmdline()
+        assert all(cpus == ORIGINAL for _, cpus in threads(worker.pid).values())
+
+
+# ---- the option's values -------------------------------------------------------------------------
+def test_engine_cpu_defaults_to_auto_and_auto_picks_an_allowed_cpu(run_dir):
+    assert FaaSExecutor().engine_cpu == "auto"
+    ex = start(run_dir)
+    try:
+        assert ex.submit(pow, 2, 5).result(timeout=30) == 32
+        template = ex.executor._launch_template.split()
+        chosen = int(template[template.index("--engine-cpu") + 1])
+        assert chosen in ORIGINAL
+        [manager] = processes_named(run_dir, "faasx-manager")
+        assert all(cpus == {chosen} for _, cpus in threads(manager.pid).values())
+    finally:
+        stop(ex, run_dir)
+
+
+@pytest.mark.parametrize("value", ["bogus", -1, True])
+def test_bad_engine_cpu_values_fail_at_construction(value, run_dir):
+    with pytest.raises(ValueError, match="engine_cpu"):
+        FaaSExecutor(engine_cpu=value)
+    with pytest.raises(ValueError, match="engine_cpu"):
+        faasx.Executor(engine_cpu=value, run_dir=run_dir)
+    assert not faasx_processes(run_dir)
+
+
+# ---- the manager on a host without the requested CPU ---------------------------------------------
+@needs_two_cpus
+def test_a_manager_given_a_cpu_its_host_does_not_have_uses_its_highest_and_unpins_its_workers(tmp_path):
+    """As on a node with fewer CPUs than the client's host.  No interchange answers: the manager waits for
+    its registration reply, with its workers already started -- long enough to look at both."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]          # nothing listens here
+    logdir = str(tmp_path)
+    cmd = [sys.executable, "-c", "import sys; from faasx.executor.manager import main; sys.exit(main(sys.argv[2:]))",
+           "faasx-manager", "--addresses", "127.0.0.1", "--port", str(port), "--logdir", logdir,
+           "--max-workers-per-node", "2", "--heartbeat-period", "1", "--heartbeat-threshold", "30",
+           "--engine-cpu", "4095"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    highest = max(ORIGINAL)
+    try:
+        def workers():
+            kids = [c for c in psutil.Process(proc.pid).children() if c.name() == "faasx-worker"]
+            return kids if len(kids) == 2 and all(os.sched_getaffinity(c.pid) == ORIGINAL for c in kids) else None
+        kids = wait_until(workers, 30, "two workers with the original CPUs")
+        for kid in kids:
+            assert all(cpus == ORIGINAL for _, cpus in threads(kid.pid).values())
+        seen = wait_until(lambda: (lambda t: t if any(n.startswith("ZMQbg") for n, _ in t.values()) else None)(
+            threads(proc.pid)), 10, "the manager's ZeroMQ threads")
+        assert all(cpus == {highest} for _, cpus in seen.values()), seen
+        log = "".join(open(os.path.join(logdir, f)).read() for f in os.listdir(logdir) if f.startswith("manager_"))
+        assert f"manager pinned to CPU {highest}; workers get cpus {affinity.format_cpus(ORIGINAL)}" in log
+    finally:
+        proc.kill()        # it would wait out its registration first; its workers die with it (PDEATHSIG)
+        proc.wait(10)
+    wait_until(lambda: not [c for c in psutil.process_iter(["cmdline"])
+                            if logdir in " ".join(c.info["cmdline"] or [])], 10, "the workers to exit")
