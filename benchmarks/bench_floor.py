@@ -18,6 +18,20 @@ with 1, 2 and 3 relay processes.  What faasx adds on top of the 3-relay ``thread
 own cost; bench_engine's p50 can be read against it.  Each variant runs in a fresh child process.
 
     python benchmarks/bench_floor.py [--rounds 3000] [--quick]
+
+``--wakeups`` measures instead what one hop of that relay costs at bottom: waking a sleeping thread
+of another process.  Two processes ping-pong one byte over a pair of pipes (blocking reads, so each
+byte wakes the other side), 5000 round trips (two wake-ups each) per variant:
+
+* ``unpinned``        -- both may run on any allowed CPU (the scheduler decides, as without ``engine_cpu``)
+* ``same CPU``        -- both pinned to the first allowed CPU: a wake-up is a plain context switch
+* ``different CPUs``  -- pinned to the first and the second allowed CPU: every wake-up crosses CPUs
+                         (an inter-processor interrupt, the target CPU leaving idle); needs 2+ CPUs
+
+and prints p50 / p90 per round trip.  This is what ``engine_cpu`` (``faasx.executor.affinity``) is
+about: on a 2-vCPU VM ~23 us per cross-CPU wake-up against ~3 us on the same CPU.
+
+    python benchmarks/bench_floor.py --wakeups [--rounds 5000] [--quick]
 """
 from __future__ import annotations
 
@@ -221,13 +235,123 @@ def measure(args) -> dict:
     return {"mode": mode, "hops": hops, "latency": C.summarize_latencies(lat)}
 
 
+def _ping_pong(rounds: int, warmup: int, ping_cpus: set | None, pong_cpus: set | None) -> list[float]:
+    """Round-trip times of one byte between two fresh processes over two pipes; each child pins itself to
+    its CPU set (None: left as it is)."""
+    import multiprocessing as mp
+    ctx = mp.get_context("fork")
+    ping_r, ping_w = os.pipe()
+    pong_r, pong_w = os.pipe()
+    res_r, res_w = ctx.Pipe(duplex=False)
+
+    def pong():
+        if pong_cpus:
+            os.sched_setaffinity(0, pong_cpus)
+        os.close(ping_w)
+        os.close(pong_r)
+        while True:
+            b = os.read(ping_r, 1)
+            if not b or b == b"q":
+                return
+            os.write(pong_w, b)
+
+    def ping():
+        if ping_cpus:
+            os.sched_setaffinity(0, ping_cpus)
+        os.close(ping_r)
+        os.close(pong_w)
+        lat: list[float] = []
+        for k in range(warmup + rounds):
+            t = C.now()
+            os.write(ping_w, b"x")
+            if os.read(pong_r, 1) != b"x":
+                res_w.send(None)   # the other side is gone
+                return
+            if k >= warmup:
+                lat.append(C.now() - t)
+        os.write(ping_w, b"q")
+        res_w.send(lat)
+
+    procs = [ctx.Process(target=pong, daemon=True), ctx.Process(target=ping, daemon=True)]
+    for pr in procs:
+        pr.start()
+    for fd in (ping_r, ping_w, pong_r, pong_w):
+        os.close(fd)
+    res_w.close()
+    try:
+        if not res_r.poll(120):
+            raise RuntimeError("the ping-pong did not finish within 120 s")
+        lat = res_r.recv()
+        if lat is None:
+            raise RuntimeError("the echoing process died")
+        return lat
+    finally:
+        for pr in procs:
+            pr.join(5)
+            if pr.is_alive():
+                pr.kill()
+                pr.join(5)
+
+
+def wakeups_main(args) -> int:
+    """``--wakeups``: the cost of a cross-process wake-up, unpinned, on one CPU and across two."""
+    rounds = args.rounds if args.rounds is not None else 5000
+    warmup = min(args.warmup, rounds)
+    if args.quick:
+        rounds, warmup = min(rounds, 200), min(warmup, 50)
+    cpus = sorted(os.sched_getaffinity(0))
+    info = C.machine_info()
+    print(f"bench_floor --wakeups: one byte ping-ponged between two processes over pipes, {rounds} round trips "
+          f"(two wake-ups each) per variant; allowed CPUs {cpus}", flush=True)
+    variants = [("unpinned", None, None), (f"same CPU ({cpus[0]})", {cpus[0]}, {cpus[0]})]
+    if len(cpus) > 1:
+        variants.append((f"different CPUs ({cpus[0]}, {cpus[1]})", {cpus[0]}, {cpus[1]}))
+    runs: dict[str, dict] = {}
+    errors = []
+    rows = []
+    for name, ping_cpus, pong_cpus in variants:
+        if args.wait_quiet:
+            C.wait_for_quiet(args.wait_quiet, name)
+        try:
+            lat = C.summarize_latencies(_ping_pong(rounds, warmup, ping_cpus, pong_cpus))
+        except Exception as e:
+            errors.append(f"{name}: {e}")
+            rows.append([name, "-", "-", "-"])
+            continue
+        runs[name] = lat
+        rows.append([name, f"{lat['p50'] * 1e6:.1f} us", f"{lat['p90'] * 1e6:.1f} us",
+                     f"{lat['p50'] * 1e6 / 2:.1f} us"])
+    if len(cpus) < 2:
+        rows.append(["different CPUs", "-", "-", "-"])
+        print("only one allowed CPU: the cross-CPU variant cannot run here")
+    print()
+    table = C.print_table(["variant", "p50 round trip", "p90 round trip", "p50 / 2 (one wake-up)"], rows,
+                          title="Cross-process wake-up cost (what engine_cpu saves on every hop)")
+    for e in errors:
+        print(f"ERROR: {e}")
+    if not args.no_save:
+        path = C.write_results("bench_floor_wakeups", {"bench": "floor-wakeups", "machine": info, "args": vars(args),
+                                                       "runs": runs, "table": table, "errors": errors})
+        print(f"results written to {os.path.relpath(path)}")
+    return 1 if errors else 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_common_args(p)
-    p.add_argument("--rounds", type=int, default=3000)
+    p.add_argument("--rounds", type=int, default=None, help="round trips per variant (default 3000; 5000 with "
+                                                               "--wakeups)")
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--wakeups", action="store_true",
+                   help="measure the cost of waking a thread of another process: one byte ping-ponged over pipes, "
+                        "unpinned, both on one CPU, and on two CPUs (p50/p90 per round trip)")
     args = p.parse_args(argv)
+    if args.wakeups and not args.child:
+        C.parse_common(args)
+        return wakeups_main(args)
+    if args.rounds is None:
+        args.rounds = 3000
     if args.quick:
         args.rounds = min(args.rounds, 200)
         args.warmup = min(args.warmup, 50)
