@@ -1,9 +1,16 @@
-"""The manager <-> worker link: protocol messages over a Unix socketpair.
+"""Links between processes of one host: protocol messages over an inherited Unix socketpair.
 
-The manager and its workers share a node, so this hop needs no ZeroMQ: a socketpair inherited by
-the worker costs ~5 us one way where a ZeroMQ ipc hop costs ~55 us (ZeroMQ's I/O threads add two
-thread hand-offs per message), which is most of a no-op task's latency.  It also tells the manager
-the instant a worker dies (end of file), before any process poll would.
+Two hops use it: manager <-> worker, and client <-> interchange (the client starts its interchange,
+so they always share a host).  ZeroMQ stays the transport across the network (interchange <->
+managers).  On one host ZeroMQ buys nothing and costs two thread hand-offs per message (its I/O
+threads on both ends): a socketpair inherited by the child costs ~5 us one way where a ZeroMQ hop
+costs ~55 us, most of a no-op task's latency.  It also tells either end the instant the other dies
+(end of file), before any process poll or heartbeat would, and no other process can connect to it.
+
+Two ways to send: ``send`` blocks until the message is written (the manager to an idle worker,
+which is reading); ``send_nowait`` queues what the kernel will not take now and ``flush`` writes
+more when the socket is writable again (the interchange and the client's I/O thread, which must
+never block: both ends sending a large message at once would otherwise deadlock).
 
 Framing: ``!I`` frame count, ``!Q`` per frame length, then the frames.  The frames are the same
 protocol messages as everywhere else (``faasx.executor.protocol``).
@@ -13,9 +20,12 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from typing import List, Optional, Sequence
+from collections import deque
+from itertools import islice
+from typing import Deque, List, Optional, Sequence
 
 MAX_FRAMES = 1 << 20
+IOV_BATCH = 512          # buffers per sendmsg (the kernel's limit, IOV_MAX, is 1024)
 _COUNT = struct.Struct("!I")
 READ_SIZE = 1 << 16
 
@@ -35,6 +45,7 @@ class Channel:
         self._buf = bytearray()
         self._pos = 0
         self.partial_since: Optional[float] = None   # when recv_available() last left a message half-read
+        self._out: Deque = deque()                   # queued by send_nowait, not yet written
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -65,6 +76,43 @@ class Channel:
                     continue
                 self.sock.sendall(mv[remaining:])
                 remaining = 0
+
+    def send_nowait(self, frames: Sequence[bytes]) -> bool:
+        """Queue one message and write what the socket takes now; True if nothing is left queued.
+        Raises ``BrokenPipeError``/``ConnectionResetError`` when the peer is gone."""
+        n = len(frames)
+        self._out.append(struct.pack(f"!I{n}Q", n, *[len(f) for f in frames]))
+        self._out.extend(frames)
+        return self.flush()
+
+    def flush(self) -> bool:
+        """Write queued bytes until the socket would block; True once the queue is empty."""
+        out = self._out
+        sendmsg = self.sock.sendmsg
+        while out:
+            try:
+                sent = sendmsg(list(islice(out, IOV_BATCH)), (), socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+            if not sent and len(out[0]):
+                return False     # nothing taken: wait until the socket is writable
+            while out:       # drop what was written, empty frames included
+                size = len(out[0])
+                if sent >= size:
+                    out.popleft()
+                    sent -= size
+                else:
+                    if sent:
+                        out[0] = memoryview(out[0]).cast("B")[sent:]
+                    break
+        return True
+
+    def wants_write(self) -> bool:
+        """Bytes queued by ``send_nowait`` wait for the socket to become writable."""
+        return bool(self._out)
+
+    def queued_bytes(self) -> int:
+        return sum(len(b) for b in self._out)
 
     # ---- receiving ---------------------------------------------------------------------------
     def _fill(self, block: bool) -> bool:
