@@ -11,30 +11,39 @@
       TaskFuture, futures[tid]
       outbox.append  ---------> FUNCS (once per fid)
       (wake pipe only if        TASKS [tid,fid,kind,spec]
-       the thread sleeps)         + payload frames  ----> Scheduler.submit
+       the thread sleeps;         + payload frames  ----> Scheduler.submit
+       a lone task when
+       nothing is outstanding:
+       written to the link
+       by the caller itself) ------------------------->
                                                           Scheduler.dispatch:
                                                            idle workers first,
                                                            then prefetch slots  ---> FUNCS (once per node)
                                                                                      TASKS batch ----------> WorkerTable.assign:
                                                                                                              adaptive batch per   --> run fn
-                                                                                                             idle worker (ipc)        pickle result
+                                                                                                             idle worker              pickle result
                                                                                      RESULTS  <------------------------------------  RESULTS
                                                           Scheduler.complete:  <---- (forwarded as is)
                                                            owner check, drop dups
                                 RESULTS  <--------------- (payloads untouched)
       future resolved  <------  futures.pop(tid)
 
+Transports: client <-> interchange and manager <-> worker are inherited Unix socketpairs (one host
+each; ``channel``); interchange <-> managers is ZeroMQ over TCP (CurveZMQ off loopback), the only hop
+that crosses the network.  The engine's threads of one host share a CPU (``affinity``).
+
 Moving parts, one module each:
 
 ``protocol``       the wire format: msgpack headers, opaque payload frames, message types, versions.
 ``serialization``  dill for functions (content-addressed), pickle-then-dill for data, exceptions.
 ``client``         ``EngineClient``: futures table, outbox, the I/O thread, interchange liveness.
+``affinity``       ``engine_cpu``: one CPU per host for the engine's own threads.
 ``scheduling``     ``Scheduler``: the interchange's pure decision core (queues, managers, ownership).
-``interchange``    the process around the scheduler: two ROUTER sockets, heartbeats, expiry.
+``interchange``    the process around the scheduler: the client link, the managers' ROUTER socket, heartbeats, expiry.
 ``worker_table``   ``WorkerTable``: the manager's pure worker bookkeeping and adaptive batching.
 ``manager``        the per-node process: registration, workers, heartbeats, drain.
 ``container_workers`` the manager's per-function container workers (start on demand, keep warm, retire).
-``channel``        the manager <-> worker link: framed messages over an inherited socketpair.
+``channel``        the links within a host: framed messages over an inherited socketpair, non-blocking sends.
 ``sockets``        hot-path ZeroMQ send and drain.
 ``memo``           memoization keys and the (optionally SQLite-backed) result store.
 ``worker``         the process that runs functions.

@@ -2,13 +2,24 @@
 
 ``EngineClient`` is what both public executors drive.  ``submit()`` runs in the caller's thread: it
 takes an id, makes a ``TaskFuture``, files it in ``futures`` and appends the serialized task to an
-outbox -- no socket, no lock.  The I/O thread is woken through a pipe only when it is asleep, drains
-the whole outbox into one TASKS message (function code first, once per function), receives
-RESULTS batches and resolves futures, dropping each from the table the moment it resolves.
+outbox.  The I/O thread is woken through a pipe only when it is asleep, drains the whole outbox into
+one TASKS message (function code first, once per function), receives RESULTS batches and resolves
+futures, dropping each from the table the moment it resolves.
 
-Liveness: the I/O thread watches the interchange process and its heartbeats.  If the interchange
-dies, every pending future fails with ``InterchangeLost`` within a poll period (0.2 s for a local
-interchange, ``heartbeat_threshold`` at worst) and ``shutdown()`` still returns promptly.
+One shortcut: when nothing at all is outstanding (no task in flight, an empty outbox, nothing
+unsent on the link), the caller writes its one task to the link itself instead of waking the I/O
+thread.  A lone task -- the interactive, latency-bound case -- then skips a thread hand-off (a
+cross-CPU wake-up, ~25-40 us of a ~0.5 ms round trip); under load the outbox is never empty and
+tasks go in batches as before.  The send lock orders the two writers on the link.
+
+The link to the interchange is an inherited Unix socketpair (``faasx.executor.channel``; the
+interchange is our child process on this host), written without blocking; the client's I/O thread
+and the interchange share one CPU when ``engine_cpu`` allows (``faasx.executor.affinity``).
+
+Liveness: the I/O thread watches the interchange process, its heartbeats and the link.  If the
+interchange dies, the link reaches end of file at once and every pending future fails with
+``InterchangeLost`` (a hung interchange: within ``heartbeat_threshold``); ``shutdown()`` still
+returns promptly.
 
 Back-pressure: at most ``window`` tasks are outstanding at the interchange; the rest wait in the
 outbox (they are the caller's own objects already), so the interchange's memory stays bounded.
@@ -20,6 +31,7 @@ import json
 import logging
 import os
 import select
+import socket
 import subprocess
 import threading
 import time
@@ -28,19 +40,20 @@ from collections import deque
 from concurrent.futures import Future, InvalidStateError
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-import zmq
-
 from faasx.errors import (ExecutorShutdown, FaaSXError, InterchangeLost, ManagerLost, VersionMismatch,
                           WorkerLost)
+from faasx.executor import affinity
 from faasx.executor import protocol as P
+from faasx.executor.channel import Channel, ChannelClosed, ChannelError
 from faasx.executor.processes import command
 from faasx.executor.serialization import deserialize, deserialize_exception, serialize_function
-from faasx.executor.sockets import drain, send
 
 logger = logging.getLogger("faasx.executor")
 
 SEND_BATCH = 8192            # tasks per TASKS message at most
 IC_CHECK_PERIOD = 0.2        # how often the I/O thread looks at the interchange process
+DIRECT_MAX_BYTES = 64 << 10  # a caller writes a lone task itself only if it is this small
+LINK_BUFFER = 4 << 20        # socket buffer asked for on the client link (the kernel may cap it)
 
 
 class TaskFuture(Future):
@@ -100,14 +113,17 @@ class EngineClient:
         self._known_fids: set = set()
         self._fn_cache: "weakref.WeakKeyDictionary[Any, Tuple[bytes, bytes]]" = weakref.WeakKeyDictionary()
         self._fn_cache_strong: Dict[int, Tuple[Any, bytes, bytes]] = {}
-        self._in_flight = 0
+        self._in_flight = 0              # tasks sent and not resolved; changed only under _send_lock
+        self._send_lock = threading.Lock()
+        self.link: Optional[Channel] = None
+        self.engine_cpu: Optional[int] = None
         self._sleeping = False
         self._closing = False
         self._stopped = threading.Event()
         self._fatal: Optional[BaseException] = None
         self._thread: Optional[threading.Thread] = None
         self.ic_proc: Optional[subprocess.Popen] = None
-        self.ports: Dict[str, int] = {}
+        self.ports: Dict[str, int] = {}    # {"manager_port": n}
         self.memo_store = None            # a MemoStore, set by the executor
         self._memo_keys: Dict[int, bytes] = {}
         self.managers_connected = 0
@@ -121,10 +137,27 @@ class EngineClient:
         cfg = dict(ic_config, token=self.token, logdir=self.logdir, parent_pid=os.getpid(),
                    heartbeat_period=self.heartbeat_period, heartbeat_threshold=self.heartbeat_threshold,
                    max_payload_size=self.max_payload_size, debug=self.debug)
+        self.engine_cpu = ic_config.get("engine_cpu")
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for end in (mine, theirs):
+            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                try:
+                    end.setsockopt(socket.SOL_SOCKET, opt, LINK_BUFFER)
+                except OSError:
+                    pass
+        cfg["client_fd"] = theirs.fileno()
         stderr_path = os.path.join(self.logdir, "interchange.stderr")
-        with open(stderr_path, "ab") as err:
-            self.ic_proc = subprocess.Popen(command("faasx-interchange", "faasx.executor.interchange"),
-                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        try:
+            with open(stderr_path, "ab") as err:
+                self.ic_proc = subprocess.Popen(command("faasx-interchange", "faasx.executor.interchange"),
+                                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                                pass_fds=(theirs.fileno(),))
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        self.link = Channel(mine, max_message=2 * self.max_payload_size + (64 << 20))
         assert self.ic_proc.stdin is not None and self.ic_proc.stdout is not None
         self.ic_proc.stdin.write(json.dumps(cfg).encode() + b"\n")
         self.ic_proc.stdin.close()
@@ -134,32 +167,40 @@ class EngineClient:
         if not line:
             self.ic_proc.kill()
             self.ic_proc.wait()
+            self.link.close()
             with open(stderr_path, "rb") as f:
                 tail = f.read()[-2000:].decode(errors="replace")
             raise InterchangeLost(f"executor {self.label}: the interchange did not start within {start_timeout}s "
                                   f"(exit code {self.ic_proc.returncode}). Its stderr ({stderr_path}):\n{tail}")
         self.ports = json.loads(line)
 
-        self.ctx = zmq.Context(io_threads=1)
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, 0)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
-        self.sock.connect(f"tcp://{ic_config['loopback_address']}:{self.ports['client_port']}")
-        self.sock.send_multipart(P.pack(P.HELLO, {"token": self.token, "versions": P.versions()}))
-        if not self.sock.poll(int(start_timeout * 1000)):
+        try:
+            reply = self._handshake(start_timeout)
+        except (OSError, ChannelClosed, ChannelError, P.ProtocolError) as e:
+            reply = e
+        if not isinstance(reply, list) or P.unpack(reply)[0] != P.WELCOME:
             self._kill_interchange()
+            self.link.close()
             raise InterchangeLost(f"executor {self.label}: the interchange did not answer HELLO within "
-                                  f"{start_timeout}s; see {self.logdir}/interchange.log")
-        msg_type, body, _ = P.unpack(self.sock.recv_multipart())
-        if msg_type != P.WELCOME:
-            self._kill_interchange()
-            raise InterchangeLost(f"executor {self.label}: unexpected reply to HELLO: {P.TYPE_NAMES.get(msg_type)}")
+                                  f"{start_timeout}s ({reply!r:.200}); see {self.logdir}/interchange.log")
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._thread = threading.Thread(target=self._io_loop, name=f"faasx-io-{self.label}", daemon=True)
         self._thread.start()
         return self.ports
+
+    def _handshake(self, timeout: float) -> Any:
+        """HELLO -> WELCOME on the link, before the I/O thread exists (blocking, bounded by ``timeout``)."""
+        link = self.link
+        assert link is not None
+        link.sock.settimeout(timeout)
+        try:
+            link.send(P.pack(P.HELLO, {"token": self.token, "versions": P.versions()}))
+            return link.recv()
+        except socket.timeout:
+            return "no answer"
+        finally:
+            link.sock.setblocking(False)
 
     # ---- submit path (caller's thread) -------------------------------------------------------
     def function(self, fn: Callable) -> Tuple[bytes, bytes]:
@@ -193,13 +234,45 @@ class EngineClient:
         if fid not in self._known_fids:
             if code is None:
                 raise FaaSXError(f"function {fid.hex()} has no code to send")
-            self._known_fids.add(fid)
+            # queue the code before the id counts as known: another thread's task for this function
+            # must never reach the interchange ahead of its code
             self._funcs_out.append((fid, code))
+            self._known_fids.add(fid)
+        if not self._in_flight and not self._tasks_out and len(payload) <= DIRECT_MAX_BYTES \
+                and self._send_direct(tid, fid, kind, spec, payload):
+            return fut
         self._tasks_out.append((tid, fid, kind, spec, payload))
         if self._sleeping:
             self._sleeping = False
             self._wake()
         return fut
+
+    def _send_direct(self, tid: int, fid: bytes, kind: int, spec: Optional[dict], payload: bytes) -> bool:
+        """Write a lone task to the link from the caller's thread (see the module docstring); False if
+        the I/O thread must take it after all."""
+        link = self.link
+        if link is None or not self._send_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._in_flight or self._tasks_out or link.wants_write() or self._closing:
+                return False
+            try:
+                if self._funcs_out:
+                    funcs = []
+                    while self._funcs_out:
+                        funcs.append(self._funcs_out.popleft())
+                    link.send_nowait(P.pack(P.FUNCS, [f[0] for f in funcs], [f[1] for f in funcs]))
+                done = link.send_nowait(P.pack(P.TASKS, [[tid, fid, kind, spec]], [payload]))
+            except OSError:       # the link is gone: the I/O thread reports it (InterchangeLost)
+                self._wake()
+                return True       # the future is filed: it fails with everything else
+            self._in_flight += 1
+            self.stats["submitted"] += 1
+            if not done:          # the rest waits for the link to be writable: the I/O thread's job
+                self._wake()
+            return True
+        finally:
+            self._send_lock.release()
 
     def _wake(self) -> None:
         try:
@@ -234,15 +307,21 @@ class EngineClient:
             self._stopped.set()
 
     def _io_loop_inner(self) -> None:
-        sock = self.sock
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        affinity.pin_this_thread(self.engine_cpu, f"executor {self.label}: I/O thread")
+        link = self.link
+        assert link is not None
+        lfd, wake_r = link.fileno(), self._wake_r
+        poller = select.poll()
+        poller.register(lfd, select.POLLIN)
+        poller.register(wake_r, select.POLLIN)
+        writing = False
         now = time.monotonic()
         last_hb = last_check = last_heard = now
-        wake_r = self._wake_r
         while True:
             self._sleeping = True
+            if link.wants_write() != writing:
+                writing = not writing
+                poller.modify(lfd, select.POLLIN | select.POLLOUT if writing else select.POLLIN)
             sendable = (self._tasks_out and self._in_flight < self.window) or self._cancel_out or self._cmds_out
             timeout = 0 if sendable or self._closing else int(min(IC_CHECK_PERIOD, self.heartbeat_period) * 1000)
             events = dict(poller.poll(timeout))
@@ -253,25 +332,36 @@ class EngineClient:
                     os.read(wake_r, 65536)
                 except BlockingIOError:
                     pass
-            if sock in events:
-                last_heard = now
-                for frames in drain(sock, 1000):
-                    self._handle(frames)
-            self._send_outgoing()
-            if self._closing:
-                sock.send_multipart(P.pack(P.SHUTDOWN, {}))
+            try:
+                ev = events.get(lfd, 0)
+                if ev & select.POLLOUT:
+                    with self._send_lock:
+                        link.flush()
+                if ev & ~select.POLLOUT:
+                    last_heard = now
+                    for frames in link.recv_available():
+                        self._handle(frames)
+                self._send_outgoing()
+                if self._closing:
+                    self._say_goodbye()
+                    return
+                if now - last_hb >= self.heartbeat_period:
+                    last_hb = now
+                    with self._send_lock:
+                        link.send_nowait(P.pack(P.HEARTBEAT, {}))
+            except (ChannelClosed, OSError) as e:
+                self._fail_everything(self._interchange_lost(f"closed its link ({type(e).__name__})"))
                 return
-            if now - last_hb >= self.heartbeat_period:
-                last_hb = now
-                sock.send_multipart(P.pack(P.HEARTBEAT, {}))
+            except ChannelError as e:
+                self._fail_everything(InterchangeLost(
+                    f"executor {self.label}: corrupt data from the interchange ({e}); this is a faasx bug, please "
+                    f"report it with {self.logdir}/interchange.log. Start a new executor to continue."))
+                return
             if now - last_check >= IC_CHECK_PERIOD:
                 last_check = now
                 code = self.ic_proc.poll() if self.ic_proc is not None else None
                 if code is not None:
-                    self._fail_everything(InterchangeLost(
-                        f"executor {self.label}: the interchange (pid {self.ic_proc.pid}) exited with code {code}; "
-                        f"pending tasks cannot complete. See {self.logdir}/interchange.log and interchange.stderr. "
-                        "Start a new executor to continue."))
+                    self._fail_everything(self._interchange_lost(f"exited with code {code}"))
                     return
                 if now - last_heard > self.heartbeat_threshold:
                     self._fail_everything(InterchangeLost(
@@ -279,45 +369,74 @@ class EngineClient:
                         f"(heartbeat_threshold {self.heartbeat_threshold}s); pending tasks failed."))
                     return
 
+    def _interchange_lost(self, what: str) -> InterchangeLost:
+        proc = self.ic_proc
+        if proc is not None and "exited" not in what:
+            try:   # a closed link usually means the process died: name its exit code when it has one
+                code = proc.wait(1.0)
+                what = f"exited with code {code}"
+            except subprocess.TimeoutExpired:
+                pass
+        return InterchangeLost(
+            f"executor {self.label}: the interchange (pid {proc.pid if proc else '?'}) {what}; pending tasks "
+            f"cannot complete. See {self.logdir}/interchange.log and interchange.stderr. "
+            "Start a new executor to continue.")
+
+    def _say_goodbye(self) -> None:
+        """Ask the interchange to stop (it tells its managers), waiting at most 2 s for the link."""
+        link = self.link
+        assert link is not None
+        deadline = time.monotonic() + 2.0
+        with self._send_lock:
+            link.send_nowait(P.pack(P.SHUTDOWN, {}))
+            while not link.flush():
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([], [link.fileno()], [], left)[1]:
+                    logger.warning("executor %s: could not deliver SHUTDOWN to the interchange; it exits when it "
+                                   "sees the link close", self.label)
+                    return
+
     def _send_outgoing(self) -> None:
-        sock = self.sock
-        tasks_out = self._tasks_out
-        # Take the tasks first, then the functions: every function a taken task needs was queued
-        # before the task, so it is in the functions we take now.
-        room = min(self.window - self._in_flight, SEND_BATCH)
-        n = min(len(tasks_out), room) if room > 0 else 0
-        if n:
-            batch = [tasks_out.popleft() for _ in range(n)]
-        if self._funcs_out:
-            funcs = []
-            while self._funcs_out:
-                funcs.append(self._funcs_out.popleft())
-            sock.send_multipart(P.pack(P.FUNCS, [f[0] for f in funcs], [f[1] for f in funcs]))
-        if n:
-            futures = self.futures
-            body, payloads = [], []
-            for tid, fid, kind, spec, payload in batch:
-                fut = futures.get(tid)
-                if fut is None or fut.cancelled():
-                    futures.pop(tid, None)
-                    continue
-                body.append([tid, fid, kind, spec])
-                payloads.append(payload)
-            if body:
-                self._in_flight += len(body)
-                self.stats["submitted"] += len(body)
-                send(sock, P.pack(P.TASKS, body, payloads))
-                if self.debug:
-                    logger.debug("sent tasks %s", [b[0] for b in body])
-        if self._cancel_out:
-            tids = []
-            while self._cancel_out:
-                tids.append(self._cancel_out.popleft())
-            sock.send_multipart(P.pack(P.CANCEL, tids))
-        while self._cmds_out:
-            req_id, name, args, fut = self._cmds_out.popleft()
-            self._cmd_futures[req_id] = fut
-            sock.send_multipart(P.pack(P.COMMAND, [req_id, name, args]))
+        with self._send_lock:
+            link = self.link
+            assert link is not None
+            tasks_out = self._tasks_out
+            # Take the tasks first, then the functions: every function a taken task needs was queued
+            # before the task, so it is in the functions we take now.
+            room = min(self.window - self._in_flight, SEND_BATCH)
+            n = min(len(tasks_out), room) if room > 0 else 0
+            if n:
+                batch = [tasks_out.popleft() for _ in range(n)]
+            if self._funcs_out:
+                funcs = []
+                while self._funcs_out:
+                    funcs.append(self._funcs_out.popleft())
+                link.send_nowait(P.pack(P.FUNCS, [f[0] for f in funcs], [f[1] for f in funcs]))
+            if n:
+                futures = self.futures
+                body, payloads = [], []
+                for tid, fid, kind, spec, payload in batch:
+                    fut = futures.get(tid)
+                    if fut is None or fut.cancelled():
+                        futures.pop(tid, None)
+                        continue
+                    body.append([tid, fid, kind, spec])
+                    payloads.append(payload)
+                if body:
+                    self._in_flight += len(body)
+                    self.stats["submitted"] += len(body)
+                    link.send_nowait(P.pack(P.TASKS, body, payloads))
+                    if self.debug:
+                        logger.debug("sent tasks %s", [b[0] for b in body])
+            if self._cancel_out:
+                tids = []
+                while self._cancel_out:
+                    tids.append(self._cancel_out.popleft())
+                link.send_nowait(P.pack(P.CANCEL, tids))
+            while self._cmds_out:
+                req_id, name, args, fut = self._cmds_out.popleft()
+                self._cmd_futures[req_id] = fut
+                link.send_nowait(P.pack(P.COMMAND, [req_id, name, args]))
 
     def _handle(self, frames: list) -> None:
         try:
@@ -342,7 +461,8 @@ class EngineClient:
 
     def _resolve(self, body: list, payloads: list) -> None:
         futures = self.futures
-        self._in_flight -= len(body)
+        with self._send_lock:
+            self._in_flight -= len(body)
         self.stats["results"] += len(body)
         debug = self.debug
         memo_keys = self._memo_keys
@@ -378,7 +498,8 @@ class EngineClient:
 
     def _forget_cancelled(self, tids: Any) -> None:
         if isinstance(tids, list):
-            self._in_flight -= len(tids)
+            with self._send_lock:
+                self._in_flight -= len(tids)
             for tid in tids:
                 self.futures.pop(tid, None)
 
@@ -420,7 +541,8 @@ class EngineClient:
                     pass
         self._tasks_out.clear()
         self._memo_keys.clear()
-        self._in_flight = 0
+        with self._send_lock:
+            self._in_flight = 0
 
     def _fail_everything(self, exc: BaseException) -> None:
         if self._fatal is None:
@@ -466,7 +588,7 @@ class EngineClient:
         self._fail_pending(ExecutorShutdown(f"executor {self.label} was shut down before the task finished"))
         if self._thread is not None:
             self._thread.join(timeout)
-            self.sock.close(0)
-            self.ctx.term()
+            if self.link is not None:
+                self.link.close()
             os.close(self._wake_r)
             os.close(self._wake_w)

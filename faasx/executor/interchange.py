@@ -1,17 +1,21 @@
 """faasx-interchange: routes tasks from one executor to its managers and results back.
 
-One interchange process per executor.  It owns two ROUTER sockets -- one for the client (loopback
-only) and one for managers (TCP on the executor's address, CurveZMQ when encrypted) -- and a
-``Scheduler`` (``faasx.executor.scheduling``), which makes every decision.  This module only moves
-bytes: task payloads and results pass through as opaque frames, never deserialized here.
+One interchange process per executor, started by the executor's client.  It talks to the client
+over an inherited Unix socketpair (``faasx.executor.channel``: they always share a host, nothing else
+can connect to it, and it saves ZeroMQ's two I/O-thread hand-offs per message each way) and to
+managers over a ROUTER socket (TCP on the executor's address, CurveZMQ when encrypted).  A
+``Scheduler`` (``faasx.executor.scheduling``) makes every decision; this module only moves bytes:
+task payloads and results pass through as opaque frames, never deserialized here.
 
-Each loop iteration drains whatever is waiting on both sockets, lets the scheduler dispatch, sends
-one TASKS message per manager that got work and one RESULTS message to the client, then does the
-periodic work: heartbeats both ways, expiring silent managers (their tasks are re-dispatched or
-failed), and exiting when the client is gone.
+Each loop iteration drains whatever is waiting on the client link and the manager socket, lets the
+scheduler dispatch, sends one TASKS message per manager that got work and one RESULTS message to the
+client, then does the periodic work: heartbeats both ways, expiring silent managers (their tasks are
+re-dispatched or failed), and exiting when the client is gone (its end of the link closed, its
+process gone, or silent past ``heartbeat_threshold``).  Sends to the client never block: what the
+link will not take now waits for it to become writable.
 
-The configuration arrives as one JSON line on stdin; the bound ports go back as one JSON line on
-stdout, after which stdout is closed.
+The configuration arrives as one JSON line on stdin; the bound manager port goes back as one JSON
+line on stdout, after which stdout is closed.
 """
 from __future__ import annotations
 
@@ -19,13 +23,16 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from typing import Dict, List, Optional
 
 import zmq
 
+from faasx.executor import affinity
 from faasx.executor import protocol as P
+from faasx.executor.channel import Channel, ChannelClosed, ChannelError
 from faasx.executor.processes import set_process_name
 from faasx.executor.scheduling import Scheduler, TaskRecord
 from faasx.executor.sockets import drain, send
@@ -48,7 +55,7 @@ class Interchange:
         self.scheduler = Scheduler(max_retries=cfg["max_retries"])
         self.codes: Dict[bytes, bytes] = {}
         self.versions = P.versions()
-        self.client_id: Optional[bytes] = None
+        self.client_ready = False       # the client said HELLO
         self.lost: Dict[bytes, str] = {}
         self.blocks_seen: Dict[str, float] = {}
         self.running = True
@@ -58,11 +65,12 @@ class Interchange:
         self.out_body: List[list] = []
         self.out_payloads: List[bytes] = []
 
-        self.ctx = zmq.Context(io_threads=1)
-        self.client = self._router()
         max_msg = cfg["max_payload_size"] + (16 << 20)
-        self.client.setsockopt(zmq.MAXMSGSIZE, max_msg)
-        self.client_port = self._bind(self.client, cfg["loopback_address"], cfg.get("client_port_range"))
+        self.link = Channel(socket.socket(fileno=cfg["client_fd"]), max_message=2 * max_msg)
+        self.ctx = zmq.Context(io_threads=1)
+        self.engine_cpu = cfg.get("engine_cpu")
+        if self.engine_cpu is not None:   # libzmq's I/O thread next to ours (see faasx.executor.affinity)
+            self.ctx.set(zmq.THREAD_AFFINITY_CPU_ADD, self.engine_cpu)
         self.managers = self._router()
         self.managers.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.managers.setsockopt(zmq.MAXMSGSIZE, max_msg)
@@ -92,27 +100,21 @@ class Interchange:
 
     # ---- client side -------------------------------------------------------------------------
     def handle_client(self, frames: list, now: float) -> None:
-        ident = frames[0]
         try:
-            msg_type, body, payloads = P.unpack(frames[1:])
+            msg_type, body, payloads = P.unpack(frames)
         except P.ProtocolError as e:
             self.stats["malformed"] += 1
-            logger.error("client port: dropped malformed message from %r: %s", ident[:32], e)
+            logger.error("client link: dropped malformed message: %s", e)
             return
-        if ident != self.client_id:
-            # exactly one client per interchange, the first to say HELLO with the run token: a
-            # replayed HELLO from another peer must not redirect results and heartbeats to it
-            if msg_type == P.HELLO and self.client_id is None and isinstance(body, dict) \
-                    and body.get("token") == self.token:
-                self.client_id = ident
+        if not self.client_ready:
+            if msg_type == P.HELLO and isinstance(body, dict) and body.get("token") == self.token:
+                self.client_ready = True
                 self.last_client = now
                 self._send_client(P.pack(P.WELCOME, {"versions": self.versions}))
                 logger.info("client connected")
             else:
                 self.stats["malformed"] += 1
-                logger.error("client port: dropped %s from an unknown peer (%s)", P.TYPE_NAMES.get(msg_type),
-                             "a client is already connected" if self.client_id is not None and msg_type == P.HELLO
-                             else "no valid HELLO/token")
+                logger.error("client link: dropped %s before a valid HELLO", P.TYPE_NAMES.get(msg_type))
             return
         self.last_client = now
         try:
@@ -181,12 +183,13 @@ class Interchange:
         return {"error": f"unknown command {name!r}"}
 
     def _send_client(self, frames: list) -> None:
-        if self.client_id is None:
+        if not self.client_ready:
             return
         try:
-            send(self.client, [self.client_id] + frames)
-        except zmq.ZMQError as e:
+            self.link.send_nowait(frames)
+        except OSError as e:   # the client is gone; the loop sees the link's end of file next
             logger.error("could not send to the client: %s", e)
+            self.running = False
 
     def _fail(self, tid: int, kind: str, message: str, attempts: int) -> None:
         status = {"WorkerLost": P.WORKER_LOST, "ManagerLost": P.MANAGER_LOST}.get(kind, P.FAILED)
@@ -354,18 +357,22 @@ class Interchange:
     # ---- loop --------------------------------------------------------------------------------
     def run(self) -> None:
         poller = zmq.Poller()
-        poller.register(self.client, zmq.POLLIN)
-        poller.register(self.managers, zmq.POLLIN)
+        link, managers = self.link, self.managers
+        lfd = link.fileno()
+        poller.register(lfd, zmq.POLLIN)
+        poller.register(managers, zmq.POLLIN)
+        writing = False
         now = time.monotonic()
         self.last_client = now
         last_hb = now
-        client, managers = self.client, self.managers
         while self.running:
+            if link.wants_write() != writing:
+                writing = not writing
+                poller.modify(lfd, zmq.POLLIN | zmq.POLLOUT if writing else zmq.POLLIN)
             events = dict(poller.poll(min(self.hb_period, 0.5) * 1000))
             now = time.monotonic()
-            if client in events:
-                for frames in drain(client, RECV_BATCH):
-                    self._guarded(self.handle_client, frames, now, "client")
+            if lfd in events:
+                self.serve_link(events[lfd], now)
             if managers in events:
                 for frames in drain(managers, RECV_BATCH):
                     self._guarded(self.handle_manager, frames, now, "manager")
@@ -375,6 +382,23 @@ class Interchange:
                 last_hb = now
                 self.periodic(now)
         self.shutdown()
+
+    def serve_link(self, event: int, now: float) -> None:
+        """The client link is readable or writable (or closed)."""
+        link = self.link
+        try:
+            if event & zmq.POLLOUT:
+                link.flush()
+            if event & zmq.POLLIN or not event & zmq.POLLOUT:
+                for frames in link.recv_available():
+                    self._guarded(self.handle_client, frames, now, "client")
+        except (ChannelClosed, ConnectionResetError, BrokenPipeError):
+            logger.info("the client closed its link; shutting down")
+            self.running = False
+        except ChannelError as e:   # only our own client writes here: this is a faasx bug
+            logger.error("client link: corrupt stream (%s); shutting down, the client will report the "
+                         "interchange lost", e)
+            self.running = False
 
     def _guarded(self, handler, frames: list, now: float, port: str) -> None:
         """No message may end the interchange: anything a handler did not foresee is logged and counted
@@ -412,9 +436,21 @@ class Interchange:
         if os.getppid() != self.parent_pid:
             logger.error("the client process %d is gone; shutting down", self.parent_pid)
             self.running = False
-        elif self.client_id is not None and now - self.last_client > self.client_threshold:
+        elif self.client_ready and now - self.last_client > self.client_threshold:
             logger.error("the client has been silent for %.1fs; shutting down", now - self.last_client)
             self.running = False
+
+    def _flush_link(self, deadline: float) -> None:
+        """Best effort at exit: let the client have the results still queued for it."""
+        import select
+        try:
+            while self.link.wants_write() and not self.link.flush():
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([], [self.link.fileno()], [], left)[1]:
+                    logger.warning("exiting with %d bytes for the client unsent", self.link.queued_bytes())
+                    return
+        except OSError:
+            pass
 
     def shutdown(self) -> None:
         bye = P.pack(P.SHUTDOWN, {"reason": "the executor is shutting down"})
@@ -422,7 +458,8 @@ class Interchange:
             self._send_manager(mid, bye)
         self.managers.setsockopt(zmq.LINGER, 1000)
         self.managers.close()
-        self.client.close(0)
+        self._flush_link(deadline=time.monotonic() + 2.0)
+        self.link.close()
         if self.auth is not None:
             self.auth.stop()
         self.ctx.term()
@@ -432,6 +469,8 @@ class Interchange:
 def main(argv=None) -> int:
     set_process_name("faasx-interchange")
     cfg = json.loads(sys.stdin.readline())
+    # before any thread exists, so that every thread of this process (libzmq's, the ZAP handler) shares the CPU
+    affinity.pin_this_thread(cfg.get("engine_cpu"), "interchange")
     os.makedirs(cfg["logdir"], exist_ok=True)
     logging.basicConfig(filename=os.path.join(cfg["logdir"], "interchange.log"),
                         level=logging.DEBUG if cfg.get("debug") else logging.INFO,
@@ -443,11 +482,11 @@ def main(argv=None) -> int:
     def on_term(_signum, _frame):
         ic.running = False
     signal.signal(signal.SIGTERM, on_term)
-    sys.stdout.write(json.dumps({"client_port": ic.client_port, "manager_port": ic.manager_port}) + "\n")
+    sys.stdout.write(json.dumps({"manager_port": ic.manager_port}) + "\n")
     sys.stdout.flush()
     sys.stdout.close()
-    logger.info("interchange up: client port %d, manager port %d on %s", ic.client_port, ic.manager_port,
-                cfg["bind_address"])
+    logger.info("interchange up: manager port %d on %s; engine CPU %s", ic.manager_port, cfg["bind_address"],
+                ic.engine_cpu if ic.engine_cpu is not None else "not pinned")
     try:
         ic.run()
     except Exception:
