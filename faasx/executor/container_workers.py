@@ -63,8 +63,8 @@ class ContainerWorkers:
         inner = [self.args.container_python] + command("faasx-worker", "faasx.executor.worker")[1:] + [
             "--worker-id", str(wid), "--manager-pid", "0", "--max-payload-size", str(self.args.max_payload_size)]
         if self.worker_cpus is not None:
-            # the container's processes inherit the manager's pin (podman) or not (docker): either way the
-            # worker takes back the manager's original CPUs, as far as the container's cpuset allows
+            # the engine is started unpinned (``unpinned``), and the worker takes back the manager's original
+            # CPUs itself too, as far as the container's cpuset allows (docker's daemon starts it elsewhere)
             inner += ["--cpus", self.worker_cpus]
         # the worker logs to stderr: its lines land in the .out file with the engine's own messages
         if self.args.debug:
@@ -101,8 +101,9 @@ class ContainerWorkers:
             with open(log_base + ".out", "ab") as out:
                 out.write(f"# faasx: starting worker {wid} in container {key}: {' '.join(argv)}\n".encode())
                 out.flush()
-                self.procs[wid] = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=subprocess.STDOUT,
-                                                   start_new_session=True)
+                with self.unpinned():
+                    self.procs[wid] = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=subprocess.STDOUT,
+                                                       start_new_session=True)
         except (OSError, InvalidContainerSpec) as e:
             for s in (ours, theirs, listener):
                 if s is not None:

@@ -28,6 +28,7 @@ It never runs user code, so it can always answer heartbeats.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -104,6 +105,7 @@ class Manager(ContainerWorkers):
         # with the interchange; workers must not inherit that, so they are told the original CPUs
         self.engine_cpu: Optional[int] = None
         self.worker_cpus: Optional[str] = None
+        self.original_cpus = original
         if args.engine_cpu is not None:
             cpu = affinity.choose(args.engine_cpu, original)
             if affinity.pin_this_thread(cpu, "manager"):
@@ -159,6 +161,24 @@ class Manager(ContainerWorkers):
         return min(deadlines) if deadlines else math.inf
 
     # ---- workers -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def unpinned(self):
+        """Fork a worker (or a container engine) with this thread's original CPUs, not the engine's pin: a
+        child inherits its forking thread's affinity, and a worker's interpreter start-up and imports
+        (~50 ms of CPU each) would otherwise all run on the engine's CPU, one worker after another, before
+        its ``--cpus`` takes effect."""
+        if self.engine_cpu is None:
+            yield
+            return
+        try:
+            os.sched_setaffinity(0, self.original_cpus)
+        except OSError as e:
+            logger.warning("could not unpin the manager to start a worker: %s", e)
+        try:
+            yield
+        finally:
+            affinity.pin_this_thread(self.engine_cpu, "manager")
+
     def _worker_env(self, wid: int) -> Dict[str, str]:
         env: Dict[str, str] = {}
         if self.accelerators:
@@ -188,7 +208,7 @@ class Manager(ContainerWorkers):
         if self.args.debug:
             argv.append("--debug")
         try:
-            with open(log_base + ".out", "ab") as out:
+            with open(log_base + ".out", "ab") as out, self.unpinned():
                 # own session: at shutdown we kill the worker's whole process group, children included
                 self.procs[wid] = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                                    stderr=subprocess.STDOUT, start_new_session=True,

@@ -174,19 +174,36 @@ def test_bad_engine_cpu_values_fail_at_construction(value, run_dir):
 
 
 # ---- the manager on a host without the requested CPU ---------------------------------------------
+BOOT_PROBE = """\
+import os
+if os.environ.get("FAASX_TEST_BOOT_AFFINITY"):
+    with open(os.path.join(os.environ["FAASX_TEST_BOOT_AFFINITY"], str(os.getpid())), "w") as f:
+        f.write(",".join(map(str, sorted(os.sched_getaffinity(0)))))
+"""
+
+
 @needs_two_cpus
 def test_a_manager_given_a_cpu_its_host_does_not_have_uses_its_highest_and_unpins_its_workers(tmp_path):
     """As on a node with fewer CPUs than the client's host.  No interchange answers: the manager waits for
-    its registration reply, with its workers already started -- long enough to look at both."""
+    its registration reply, with its workers already started -- long enough to look at both.  A
+    ``sitecustomize`` records each interpreter's CPUs as it starts: the workers' start-up (imports) must not
+    run on the engine's CPU either, before their ``--cpus`` takes effect."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]          # nothing listens here
-    logdir = str(tmp_path)
+    logdir = str(tmp_path / "logs")
+    probe = tmp_path / "probe"
+    boot = tmp_path / "boot"
+    probe.mkdir()
+    boot.mkdir()
+    (probe / "sitecustomize.py").write_text(BOOT_PROBE)
+    env = dict(os.environ, FAASX_TEST_BOOT_AFFINITY=str(boot),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(probe), os.environ.get("PYTHONPATH")])))
     cmd = [sys.executable, "-c", "import sys; from faasx.executor.manager import main; sys.exit(main(sys.argv[2:]))",
            "faasx-manager", "--addresses", "127.0.0.1", "--port", str(port), "--logdir", logdir,
            "--max-workers-per-node", "2", "--heartbeat-period", "1", "--heartbeat-threshold", "30",
            "--engine-cpu", "4095"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     highest = max(ORIGINAL)
     try:
         def workers():
@@ -195,6 +212,7 @@ def test_a_manager_given_a_cpu_its_host_does_not_have_uses_its_highest_and_unpin
         kids = wait_until(workers, 30, "two workers with the original CPUs")
         for kid in kids:
             assert all(cpus == ORIGINAL for _, cpus in threads(kid.pid).values())
+            assert (boot / str(kid.pid)).read_text() == affinity.format_cpus(ORIGINAL), "the worker started pinned"
         seen = wait_until(lambda: (lambda t: t if any(n.startswith("ZMQbg") for n, _ in t.values()) else None)(
             threads(proc.pid)), 10, "the manager's ZeroMQ threads")
         assert all(cpus == {highest} for _, cpus in seen.values()), seen
