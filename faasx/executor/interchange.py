@@ -3,7 +3,8 @@
 One interchange process per executor, started by the executor's client.  It talks to the client
 over an inherited Unix socketpair (``faasx.executor.channel``: they always share a host, nothing else
 can connect to it, and it saves ZeroMQ's two I/O-thread hand-offs per message each way) and to
-managers over a ROUTER socket (TCP on the executor's address, CurveZMQ when encrypted).  A
+managers over a ROUTER socket (TCP on the executor's address, CurveZMQ when encrypted; managers on
+this host may reach the same socket over ZeroMQ's ipc transport instead).  A
 ``Scheduler`` (``faasx.executor.scheduling``) makes every decision; this module only moves bytes:
 task payloads and results pass through as opaque frames, never deserialized here.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -80,6 +82,7 @@ class Interchange:
             self.auth = configure_server(self.ctx, self.managers, cfg["cert_dir"])
         self.manager_port = self._bind(self.managers, cfg["bind_address"], cfg.get("worker_port_range"),
                                        cfg.get("worker_port"))
+        self.manager_ipc = self._bind_local_ipc()
 
     def _router(self) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -88,6 +91,21 @@ class Interchange:
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
         return sock
+
+    def _bind_local_ipc(self) -> Optional[str]:
+        """The manager port again, on ZeroMQ's ipc transport in Linux's abstract socket namespace, for
+        managers on this host: the same socket (CURVE, ZAP and all), without the TCP/IP stack on each
+        message (~25 us less per round trip).  A manager uses it only if it can connect to it -- one in
+        another network namespace or container cannot and falls back to TCP.  No file to clean up."""
+        if not sys.platform.startswith("linux") or self.cfg.get("manager_ipc") is False:
+            return None
+        name = f"faasx-{os.getpid()}-{secrets.token_hex(8)}"
+        try:
+            self.managers.bind(f"ipc://@{name}")
+        except zmq.ZMQError as e:
+            logger.warning("could not bind the local ipc endpoint for managers (%s); managers use TCP", e)
+            return None
+        return name
 
     @staticmethod
     def _bind(sock: zmq.Socket, address: str, port_range=None, port: Optional[int] = None) -> int:
@@ -482,10 +500,11 @@ def main(argv=None) -> int:
     def on_term(_signum, _frame):
         ic.running = False
     signal.signal(signal.SIGTERM, on_term)
-    sys.stdout.write(json.dumps({"manager_port": ic.manager_port}) + "\n")
+    sys.stdout.write(json.dumps({"manager_port": ic.manager_port, "manager_ipc": ic.manager_ipc}) + "\n")
     sys.stdout.flush()
     sys.stdout.close()
-    logger.info("interchange up: manager port %d on %s; engine CPU %s", ic.manager_port, cfg["bind_address"],
+    logger.info("interchange up: manager port %d on %s (and ipc://@%s for this host); engine CPU %s",
+                ic.manager_port, cfg["bind_address"], ic.manager_ipc,
                 ic.engine_cpu if ic.engine_cpu is not None else "not pinned")
     try:
         ic.run()

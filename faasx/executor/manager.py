@@ -361,14 +361,17 @@ class Manager(ContainerWorkers):
 
     # ---- main loop ---------------------------------------------------------------------------
     def connect(self) -> bool:
-        addresses = [a for a in self.args.addresses.split(",") if a]
-        address = probe_addresses(addresses, self.args.port, self.args.address_probe_timeout)
-        if address is None:
-            logger.error("could not reach the interchange on port %d at any of %s within %ss. Fix: give the "
-                         "executor an address the compute nodes can reach (address=...), or check firewalls.",
-                         self.args.port, addresses, self.args.address_probe_timeout)
-            return False
-        url = f"tcp://{address}:{self.args.port}"
+        if self.args.ipc and ipc_reachable(self.args.ipc):
+            url = f"ipc://@{self.args.ipc}"    # the interchange is on this host (see Interchange._bind_local_ipc)
+        else:
+            addresses = [a for a in self.args.addresses.split(",") if a]
+            address = probe_addresses(addresses, self.args.port, self.args.address_probe_timeout)
+            if address is None:
+                logger.error("could not reach the interchange on port %d at any of %s within %ss. Fix: give the "
+                             "executor an address the compute nodes can reach (address=...), or check firewalls.",
+                             self.args.port, addresses, self.args.address_probe_timeout)
+                return False
+            url = f"tcp://{address}:{self.args.port}"
         self.ic.connect(url)
         register = {
             "manager_id": self.mid.decode(), "block_id": str(self.block_id), "hostname": self.hostname,
@@ -625,6 +628,20 @@ def arm_exit_watchdog(seconds: int = EXIT_WATCHDOG, message: Optional[str] = Non
     signal.alarm(seconds)
 
 
+def ipc_reachable(name: str) -> bool:
+    """Whether the interchange's abstract-namespace ipc endpoint ``name`` accepts connections here: only
+    on its own host and network namespace (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            s.connect("\0" + name)
+        return True
+    except OSError:
+        return False
+
+
 def probe_addresses(addresses: List[str], port: int, timeout: float) -> Optional[str]:
     """The first of ``addresses`` on which ``port`` accepts a TCP connection, trying all in turn until
     ``timeout``; a single address is returned untried (ZeroMQ retries the connection itself)."""
@@ -646,6 +663,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="faasx-manager", description="faasx per-node manager")
     parser.add_argument("--addresses", required=True, help="comma-separated interchange addresses to try")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--ipc", default=None,
+                        help="the interchange's ipc endpoint (abstract socket name) for a manager on its own host")
     parser.add_argument("--block-id", default="0")
     parser.add_argument("--token", default="")
     parser.add_argument("--logdir", default=".")

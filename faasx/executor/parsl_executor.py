@@ -65,9 +65,12 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
         Address the managers connect to.  Default: loopback for a local provider, otherwise every
         address of this host (managers probe them and use the first that answers).
     loopback_address : str
-        Address of the client <-> interchange connection, which never leaves this host.
-    worker_port, worker_port_range, interchange_port_range :
-        Ports for the managers' connection (a fixed port, or a range to pick from) and the client's.
+        The loopback address managers of a local provider connect to (default ``127.0.0.1``).
+    worker_port, worker_port_range :
+        The managers' port: a fixed port, or a range to pick from.
+    interchange_port_range :
+        Accepted for HTEX compatibility and unused: the client talks to its interchange over an
+        inherited socketpair, with no port.
     storage_access : list
         Parsl staging providers, as for HTEX.
     working_dir : str
@@ -293,13 +296,14 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
                                     on_fatal=self._on_fatal)
         ports = self._client.start({
             "loopback_address": self.loopback_address, "bind_address": bind,
-            "client_port_range": self.interchange_port_range, "worker_port_range": self.worker_port_range,
+            "worker_port_range": self.worker_port_range,
             "worker_port": self.worker_port, "max_retries": self.max_retries_on_system_failure,
             "cert_dir": cert_dir, "engine_cpu": self._engine_cpu,
         })
         self._memo = MemoStore(self.memo_store)
         self._client.memo_store = self._memo
-        self._launch_template = self._build_launch_cmd(addresses, ports["manager_port"], cert_dir)
+        self._launch_template = self._build_launch_cmd(addresses, ports["manager_port"], cert_dir,
+                                                       ports.get("manager_ipc"))
         logger.info("executor %s: interchange up (manager port %d on %s); launch command: %s", self.label,
                     ports["manager_port"], bind, self._launch_template)
         # Provision the initial blocks now rather than at the first strategy tick (up to
@@ -309,7 +313,8 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
             super().scale_out_facade(self.provider.init_blocks)
             self._strategy_init_pending = True
 
-    def _build_launch_cmd(self, addresses: List[str], port: int, cert_dir: Optional[str]) -> str:
+    def _build_launch_cmd(self, addresses: List[str], port: int, cert_dir: Optional[str],
+                          ipc: Optional[str] = None) -> str:
         if self.launch_cmd is not None:
             return self.launch_cmd
         opts = [
@@ -341,6 +346,8 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
             opts += ["--container-start-timeout", repr(float(self.container_start_timeout))]
         if cert_dir:
             opts += ["--cert-dir", cert_dir]
+        if ipc:   # managers on this host connect there instead (ZeroMQ's ipc transport)
+            opts += ["--ipc", ipc]
         if self._engine_cpu is not None:
             opts += ["--engine-cpu", str(self._engine_cpu)]
         if self.worker_debug:

@@ -217,16 +217,18 @@ def test_oversized_frames_are_dropped_by_the_transport(ex, zctx):
 
 def test_the_client_side_of_the_interchange_is_not_reachable_from_outside(ex):
     """The client talks to its interchange over an inherited socketpair: the interchange listens on the
-    manager port and on nothing else, so no other process can pose as the client (replay its HELLO,
-    forge its tasks or steal its results)."""
+    manager port (TCP, and its ipc twin for managers on this host) and on nothing else, so no other
+    process can pose as the client (replay its HELLO, forge its tasks or steal its results)."""
     import psutil
     healthy(ex)
     ic = psutil.Process(ex.executor._client.ic_proc.pid)
+    ports = ex.executor._client.ports
     listening = {c.laddr.port for c in ic.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
-    assert listening == {ex.executor._client.ports["manager_port"]}, listening
-    unix = [c for c in ic.net_connections(kind="unix") if c.status == psutil.CONN_LISTEN]
-    assert unix == [], unix
-    assert set(ex.executor._client.ports) == {"manager_port"}
+    assert listening == {ports["manager_port"]}, listening
+    # named Unix sockets: only the manager port's own ipc endpoint for managers on this host
+    named = {c.laddr for c in ic.net_connections(kind="unix") if c.laddr}
+    assert named == {"@" + ports["manager_ipc"]}, named
+    assert set(ports) == {"manager_port", "manager_ipc"}
 
 
 def test_replayed_register_with_wrong_token_is_refused(ex, zctx):
