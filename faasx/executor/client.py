@@ -38,7 +38,7 @@ import time
 import weakref
 from collections import deque
 from concurrent.futures import Future, InvalidStateError
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Optional, Tuple
 
 from faasx.errors import (ExecutorShutdown, FaaSXError, InterchangeLost, ManagerLost, VersionMismatch,
                           WorkerLost)
