@@ -170,13 +170,8 @@ def main(argv=None) -> int:
     note = C.busy_note(r for rs in runs.values() for r in rs)
     if note:
         print(note)
-    for e in errors:
-        print(f"ERROR: {e}")
-    if not args.no_save:
-        path = C.write_results("bench_dfk", {"bench": "dfk", "machine": info, "args": vars(args), "runs": runs,
-                                             "table": table, "missed": missed, "errors": errors})
-        print(f"results written to {os.path.relpath(path)}")
-    return 1 if errors else 0
+    return C.finish("bench_dfk", args, {"bench": "dfk", "machine": info, "runs": runs, "table": table,
+                                        "missed": missed}, errors)
 
 
 if __name__ == "__main__":

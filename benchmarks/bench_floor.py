@@ -327,13 +327,8 @@ def wakeups_main(args) -> int:
     print()
     table = C.print_table(["variant", "p50 round trip", "p90 round trip", "p50 / 2 (one wake-up)"], rows,
                           title="Cross-process wake-up cost (what engine_cpu saves on every hop)")
-    for e in errors:
-        print(f"ERROR: {e}")
-    if not args.no_save:
-        path = C.write_results("bench_floor_wakeups", {"bench": "floor-wakeups", "machine": info, "args": vars(args),
-                                                       "runs": runs, "table": table, "errors": errors})
-        print(f"results written to {os.path.relpath(path)}")
-    return 1 if errors else 0
+    return C.finish("bench_floor_wakeups", args, {"bench": "floor-wakeups", "machine": info, "runs": runs,
+                                                  "table": table}, errors)
 
 
 def main(argv=None) -> int:
@@ -384,13 +379,7 @@ def main(argv=None) -> int:
     note = C.busy_note(r for rs in runs.values() for r in rs)
     if note:
         print(note)
-    for e in errors:
-        print(f"ERROR: {e}")
-    if not args.no_save:
-        path = C.write_results("bench_floor", {"bench": "floor", "machine": info, "args": vars(args), "runs": runs,
-                                               "table": table, "errors": errors})
-        print(f"results written to {os.path.relpath(path)}")
-    return 1 if errors else 0
+    return C.finish("bench_floor", args, {"bench": "floor", "machine": info, "runs": runs, "table": table}, errors)
 
 
 if __name__ == "__main__":

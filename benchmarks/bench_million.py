@@ -233,14 +233,8 @@ def main(argv=None) -> int:
     note = C.busy_note(runs.values())
     if note:
         print(note)
-    for e in errors:
-        print(f"ERROR: {e}")
-    if not args.no_save:
-        path = C.write_results("bench_million", {"bench": "million", "machine": info, "args": vars(args),
-                                                 "runs": runs, "table": table, "verdicts": verdicts,
-                                                 "errors": errors})
-        print(f"results written to {os.path.relpath(path)}")
-    return 1 if errors else 0
+    return C.finish("bench_million", args, {"bench": "million", "machine": info, "runs": runs, "table": table,
+                                            "verdicts": verdicts}, errors)
 
 
 if __name__ == "__main__":

@@ -186,13 +186,8 @@ def main(argv=None) -> int:
     note = C.busy_note(runs.values())
     if note:
         print(note)
-    for e in errors:
-        print(f"ERROR: {e}")
-    if not args.no_save:
-        path = C.write_results("bench_prefetch", {"bench": "prefetch", "machine": info, "args": vars(args),
-                                                  "runs": runs, "table": table, "errors": errors})
-        print(f"results written to {os.path.relpath(path)}")
-    return 1 if errors else 0
+    return C.finish("bench_prefetch", args, {"bench": "prefetch", "machine": info, "runs": runs, "table": table},
+                    errors)
 
 
 if __name__ == "__main__":

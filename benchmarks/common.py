@@ -249,6 +249,17 @@ def write_results(name: str, payload: dict) -> str:
     return path
 
 
+def finish(name: str, args, payload: dict, errors: list) -> int:
+    """The end of every benchmark: print the errors, save the results unless ``--no-save`` (with the
+    machine facts, the arguments and the errors), and return the exit status (non-zero on errors)."""
+    for e in errors:
+        print(f"ERROR: {e}")
+    if not args.no_save:
+        path = write_results(name, dict(payload, args=vars(args), errors=errors))
+        print(f"results written to {os.path.relpath(path)}")
+    return 1 if errors else 0
+
+
 # ----------------------------------------------------------------------------------------------------
 # child processes
 # ----------------------------------------------------------------------------------------------------
