@@ -107,6 +107,16 @@ class Channel:
                     break
         return True
 
+    def flush_until(self, deadline: float) -> bool:
+        """Flush, waiting for the socket to become writable until ``deadline`` (``time.monotonic()``);
+        True once everything queued is written (for an orderly exit, never for the hot path)."""
+        import select
+        while not self.flush():
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([], [self.sock.fileno()], [], left)[1]:
+                return False
+        return True
+
     def wants_write(self) -> bool:
         """Bytes queued by ``send_nowait`` wait for the socket to become writable."""
         return bool(self._out)

@@ -386,15 +386,11 @@ class EngineClient:
         """Ask the interchange to stop (it tells its managers), waiting at most 2 s for the link."""
         link = self.link
         assert link is not None
-        deadline = time.monotonic() + 2.0
         with self._send_lock:
             link.send_nowait(P.pack(P.SHUTDOWN, {}))
-            while not link.flush():
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([], [link.fileno()], [], left)[1]:
-                    logger.warning("executor %s: could not deliver SHUTDOWN to the interchange; it exits when it "
-                                   "sees the link close", self.label)
-                    return
+            if not link.flush_until(time.monotonic() + 2.0):
+                logger.warning("executor %s: could not deliver SHUTDOWN to the interchange; it exits when it "
+                               "sees the link close", self.label)
 
     def _send_outgoing(self) -> None:
         with self._send_lock:

@@ -458,25 +458,17 @@ class Interchange:
             logger.error("the client has been silent for %.1fs; shutting down", now - self.last_client)
             self.running = False
 
-    def _flush_link(self, deadline: float) -> None:
-        """Best effort at exit: let the client have the results still queued for it."""
-        import select
-        try:
-            while self.link.wants_write() and not self.link.flush():
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([], [self.link.fileno()], [], left)[1]:
-                    logger.warning("exiting with %d bytes for the client unsent", self.link.queued_bytes())
-                    return
-        except OSError:
-            pass
-
     def shutdown(self) -> None:
         bye = P.pack(P.SHUTDOWN, {"reason": "the executor is shutting down"})
         for mid in list(self.scheduler.managers):
             self._send_manager(mid, bye)
         self.managers.setsockopt(zmq.LINGER, 1000)
         self.managers.close()
-        self._flush_link(deadline=time.monotonic() + 2.0)
+        try:    # best effort at exit: let the client have the results still queued for it
+            if not self.link.flush_until(time.monotonic() + 2.0):
+                logger.warning("exiting with %d bytes for the client unsent", self.link.queued_bytes())
+        except OSError:
+            pass
         self.link.close()
         if self.auth is not None:
             self.auth.stop()

@@ -134,3 +134,19 @@ def test_a_half_written_message_is_kept_until_the_rest_arrives(pair):
     assert b.recv_available() == [] and b.partial_since is not None
     a.sock.sendall(raw[7:])
     assert pump(a, b, 1) == [frames] and b.partial_since is None
+
+
+def test_flush_until_gives_up_at_its_deadline_and_succeeds_once_the_peer_reads(pair):
+    import time
+    a, b = pair
+    a.send_nowait([b"\x03" * (8 << 20)])                     # far more than the socket buffer
+    t0 = time.monotonic()
+    assert a.flush_until(t0 + 0.3) is False                  # nobody reads: bounded, not blocked
+    assert 0.25 <= time.monotonic() - t0 < 5 and a.wants_write()
+    got = []
+    reader = threading.Thread(target=lambda: got.append(b.recv()))
+    reader.start()
+    assert a.flush_until(time.monotonic() + 10) is True
+    reader.join(10)
+    assert not reader.is_alive() and not a.wants_write()
+    assert got == [[b"\x03" * (8 << 20)]]
