@@ -257,11 +257,7 @@ class EngineClient:
             if self._in_flight or self._tasks_out or link.wants_write() or self._closing:
                 return False
             try:
-                if self._funcs_out:
-                    funcs = []
-                    while self._funcs_out:
-                        funcs.append(self._funcs_out.popleft())
-                    link.send_nowait(P.pack(P.FUNCS, [f[0] for f in funcs], [f[1] for f in funcs]))
+                self._send_funcs(link)
                 done = link.send_nowait(P.pack(P.TASKS, [[tid, fid, kind, spec]], [payload]))
             except OSError:       # the link is gone: the I/O thread reports it (InterchangeLost)
                 self._wake()
@@ -392,6 +388,13 @@ class EngineClient:
                 logger.warning("executor %s: could not deliver SHUTDOWN to the interchange; it exits when it "
                                "sees the link close", self.label)
 
+    def _send_funcs(self, link: Channel) -> None:
+        """Write every queued function's code as one FUNCS message (caller holds the send lock)."""
+        funcs_out = self._funcs_out
+        if funcs_out:
+            funcs = [funcs_out.popleft() for _ in range(len(funcs_out))]
+            link.send_nowait(P.pack(P.FUNCS, [f[0] for f in funcs], [f[1] for f in funcs]))
+
     def _send_outgoing(self) -> None:
         with self._send_lock:
             link = self.link
@@ -403,11 +406,7 @@ class EngineClient:
             n = min(len(tasks_out), room) if room > 0 else 0
             if n:
                 batch = [tasks_out.popleft() for _ in range(n)]
-            if self._funcs_out:
-                funcs = []
-                while self._funcs_out:
-                    funcs.append(self._funcs_out.popleft())
-                link.send_nowait(P.pack(P.FUNCS, [f[0] for f in funcs], [f[1] for f in funcs]))
+            self._send_funcs(link)
             if n:
                 futures = self.futures
                 body, payloads = [], []
