@@ -41,6 +41,7 @@ from faasx.executor.sockets import drain, send
 
 logger = logging.getLogger("faasx.interchange")
 
+_POLLIN, _POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)   # plain ints: pyzmq's enum flags cost a Python call per '&'
 RECV_BATCH = 2000        # messages drained from one socket per loop iteration
 LOST_MEMORY = 10000      # how many lost manager ids are remembered, to refuse them when they return
 
@@ -69,10 +70,8 @@ class Interchange:
 
         max_msg = cfg["max_payload_size"] + (16 << 20)
         self.link = Channel(socket.socket(fileno=cfg["client_fd"]), max_message=2 * max_msg)
-        self.ctx = zmq.Context(io_threads=1)
+        self.ctx = zmq.Context(io_threads=1)      # its I/O thread inherits main()'s pin (engine_cpu)
         self.engine_cpu = cfg.get("engine_cpu")
-        if self.engine_cpu is not None:   # libzmq's I/O thread next to ours (see faasx.executor.affinity)
-            self.ctx.set(zmq.THREAD_AFFINITY_CPU_ADD, self.engine_cpu)
         self.managers = self._router()
         self.managers.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.managers.setsockopt(zmq.MAXMSGSIZE, max_msg)
@@ -377,8 +376,8 @@ class Interchange:
         poller = zmq.Poller()
         link, managers = self.link, self.managers
         lfd = link.fileno()
-        poller.register(lfd, zmq.POLLIN)
-        poller.register(managers, zmq.POLLIN)
+        poller.register(lfd, _POLLIN)
+        poller.register(managers, _POLLIN)
         writing = False
         now = time.monotonic()
         self.last_client = now
@@ -386,7 +385,7 @@ class Interchange:
         while self.running:
             if link.wants_write() != writing:
                 writing = not writing
-                poller.modify(lfd, zmq.POLLIN | zmq.POLLOUT if writing else zmq.POLLIN)
+                poller.modify(lfd, _POLLIN | _POLLOUT if writing else _POLLIN)
             events = dict(poller.poll(min(self.hb_period, 0.5) * 1000))
             now = time.monotonic()
             if lfd in events:
@@ -405,9 +404,9 @@ class Interchange:
         """The client link is readable or writable (or closed)."""
         link = self.link
         try:
-            if event & zmq.POLLOUT:
+            if event & _POLLOUT:
                 link.flush()
-            if event & zmq.POLLIN or not event & zmq.POLLOUT:
+            if event & _POLLIN or not event & _POLLOUT:
                 for frames in link.recv_available():
                     self._guarded(self.handle_client, frames, now, "client")
         except (ChannelClosed, ConnectionResetError, BrokenPipeError):

@@ -112,12 +112,8 @@ class Manager(ContainerWorkers):
                 self.engine_cpu = cpu
                 self.worker_cpus = affinity.format_cpus(original)
                 logger.info("manager pinned to CPU %d; workers get cpus %s", cpu, self.worker_cpus)
+        # libzmq starts its I/O thread with the first socket, from this (pinned) thread: it inherits the pin
         self.ctx = zmq.Context(io_threads=1)
-        if self.engine_cpu is not None:
-            try:
-                self.ctx.set(zmq.THREAD_AFFINITY_CPU_ADD, self.engine_cpu)
-            except (AttributeError, zmq.ZMQError) as e:   # libzmq < 4.3: its threads inherit this thread's pin
-                logger.warning("could not set the ZeroMQ threads' CPU affinity: %s", e)
         self.ic = self.ctx.socket(zmq.DEALER)
         self.ic.setsockopt(zmq.LINGER, 0)
         self.ic.setsockopt(zmq.IDENTITY, self.mid)

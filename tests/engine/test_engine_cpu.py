@@ -1,8 +1,9 @@
-"""``engine_cpu``: a manager and its ZeroMQ threads run on one CPU; its workers keep every CPU.
+"""``engine_cpu``: the engine's threads (manager, interchange, client I/O thread, and libzmq's) run on
+one CPU; workers and the caller keep every CPU.
 
 Real executors with a local block (interchange, manager, workers); affinities are read from outside
-with ``os.sched_getaffinity(tid)`` for every thread in ``/proc/<pid>/task``.  The client's and the
-interchange's threads are not checked here.
+with ``os.sched_getaffinity(tid)`` for every thread in ``/proc/<pid>/task``; the client's I/O thread
+and the interchange are checked too, and the caller's own thread must stay unpinned.
 """
 import os
 import socket
@@ -110,6 +111,17 @@ def test_every_thread_of_the_manager_is_pinned_to_the_engine_cpu(pinned):
     log = "".join(open(os.path.join(ex.executor.worker_logdir, f)).read()
                   for f in os.listdir(ex.executor.worker_logdir) if f.startswith("manager_"))
     assert f"manager pinned to CPU 0; workers get cpus {affinity.format_cpus(ORIGINAL)}" in log
+
+
+def test_every_interchange_thread_and_the_clients_io_thread_are_pinned_but_not_the_caller(pinned):
+    ex, _ = pinned
+    assert ex.submit(pow, 5, 2).result(timeout=30) == 25
+    ic = threads(ex.executor._client.ic_proc.pid)
+    assert any(name.startswith("ZMQbg") for name, _ in ic.values()), ic    # libzmq's threads inherit the pin
+    assert {tid: cpus for tid, (_, cpus) in ic.items()} == {tid: {0} for tid in ic}, ic
+    io_thread = ex.executor._client._thread
+    assert os.sched_getaffinity(io_thread.native_id) == {0}
+    assert os.sched_getaffinity(0) == ORIGINAL                 # the user's own thread is never pinned
 
 
 def test_workers_of_a_pinned_manager_get_every_original_cpu(pinned):
