@@ -63,3 +63,50 @@ def build_busybox_image(work: str, repo: str, marker_path: str, marker: str, app
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return image
+
+
+def is_static_elf(path: str) -> bool:
+    """A 64-bit ELF executable without a program interpreter (it runs in an empty rootfs)."""
+    import struct
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2:
+            return False
+        phoff, = struct.unpack_from("<Q", head, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    return all(struct.unpack_from("<I", table, i * phentsize)[0] != 3 for i in range(phnum))  # 3 = PT_INTERP
+
+
+def require_podman() -> None:
+    """Skip the calling test without podman, runc and a static busybox -- or fail it when the run demands
+    podman (``FAASX_REQUIRE_PODMAN=1``, as CI sets)."""
+    import os
+    import shutil
+    import pytest
+    reason = None
+    if shutil.which("podman") is None:
+        reason = "podman is not installed (apt-get install -y podman runc)"
+    elif shutil.which("runc") is None:
+        reason = "runc is not installed (apt-get install -y runc)"
+    elif shutil.which("busybox") is None or not is_static_elf(shutil.which("busybox")):
+        reason = "a static busybox is needed to build the test image (apt-get install -y busybox-static)"
+    if reason:
+        if os.environ.get("FAASX_REQUIRE_PODMAN") == "1":
+            pytest.fail(f"FAASX_REQUIRE_PODMAN=1 but {reason}")
+        pytest.skip(reason)
+
+
+def python_bind_dirs() -> list:
+    """Host directories to bind read-only so the host's Python (and its site-packages) runs inside the
+    busybox test image: ``/usr`` brings the C library and loader (the image's /lib, /lib64 point there),
+    plus the interpreter's prefix when it lives elsewhere (pyenv, a venv)."""
+    import os
+    import sys
+    dirs = ["/usr"]
+    for prefix in (sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable))):
+        prefix = os.path.realpath(prefix)
+        if not any(prefix == d or prefix.startswith(d + "/") for d in dirs):
+            dirs.append(prefix)
+    return dirs

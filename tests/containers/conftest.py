@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -27,43 +26,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MARKER = "faasx-container-test-marker"
 
 
-def _is_static_elf(path: str) -> bool:
-    """An x86-64/aarch64 ELF executable without a program interpreter (runs in an empty rootfs)."""
-    with open(path, "rb") as f:
-        head = f.read(64)
-        if head[:4] != b"\x7fELF" or head[4] != 2:
-            return False
-        phoff, = struct.unpack_from("<Q", head, 0x20)
-        phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
-        f.seek(phoff)
-        table = f.read(phentsize * phnum)
-    return all(struct.unpack_from("<I", table, i * phentsize)[0] != 3 for i in range(phnum))  # 3 = PT_INTERP
-
-
-def _unavailable():
-    if shutil.which("podman") is None:
-        return "podman is not installed (apt-get install -y podman runc)"
-    if shutil.which("runc") is None:
-        return "runc is not installed (apt-get install -y runc)"
-    busybox = shutil.which("busybox")
-    if busybox is None:
-        return "busybox is needed to build the test image (apt-get install -y busybox-static)"
-    if not _is_static_elf(busybox):
-        return "a static busybox is needed to build the test image (apt-get install -y busybox-static)"
-    return None
-
-
-def _require_podman():
-    reason = _unavailable()
-    if reason:
-        if os.environ.get("FAASX_REQUIRE_PODMAN") == "1":
-            pytest.fail(f"FAASX_REQUIRE_PODMAN=1 but {reason}")
-        pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def podman_env():
-    _require_podman()
+    support.require_podman()
     work = tempfile.mkdtemp(prefix="faasx-ctest-conf-")
     yield {"CONTAINERS_CONF": support.write_podman_conf(work)}
     shutil.rmtree(work, ignore_errors=True)
@@ -89,23 +54,13 @@ def test_image(podman_env):
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _python_binds():
-    """Read-only binds that make the host's Python (and its site-packages) run in the busybox image."""
-    dirs = ["/usr"]
-    for prefix in (sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable))):
-        prefix = os.path.realpath(prefix)
-        if not any(prefix == d or prefix.startswith(d + "/") for d in dirs):
-            dirs.append(prefix)
-    return [f"--volume={d}:{d}:ro" for d in dirs]
-
-
 @pytest.fixture
 def image_spec(test_image):
     def make(image=None, extra=()):
         pybin = os.path.dirname(sys.executable)
         return {"type": "podman", "image": image or test_image,
-                "options": _python_binds() + [f"--volume={ROOT}:{ROOT}:ro", f"--env=PYTHONPATH={ROOT}",
-                                              f"--env=PATH={pybin}:/usr/bin:/bin", *extra]}
+                "options": [f"--volume={d}:{d}:ro" for d in support.python_bind_dirs() + [ROOT]]
+                + [f"--env=PYTHONPATH={ROOT}", f"--env=PATH={pybin}:/usr/bin:/bin", *extra]}
     return make
 
 

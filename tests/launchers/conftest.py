@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -72,53 +71,10 @@ def wait_for():
 
 # -- podman ---------------------------------------------------------------------------------------------
 
-def _is_static_elf(path: str) -> bool:
-    """True if ``path`` is an ELF executable without a program interpreter (runs in an empty rootfs)."""
-    with open(path, "rb") as f:
-        head = f.read(64)
-        if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit only; that is all CI runs
-            return False
-        phoff, = struct.unpack_from("<Q", head, 0x20)
-        phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
-        f.seek(phoff)
-        table = f.read(phentsize * phnum)
-    return all(struct.unpack_from("<I", table, i * phentsize)[0] != 3 for i in range(phnum))  # 3 = PT_INTERP
-
-
-def _podman_unavailable() -> str | None:
-    if shutil.which("podman") is None:
-        return "podman is not installed (apt-get install -y podman runc)"
-    if shutil.which("runc") is None:
-        return "runc is not installed (apt-get install -y runc)"
-    busybox = shutil.which("busybox")
-    if busybox is None or not _is_static_elf(busybox):
-        return "a static busybox is needed to build the test image (apt-get install -y busybox-static)"
-    return None
-
-
-def _python_binds() -> list:
-    """Host directories to bind read-only so the host's Python runs inside the busybox test image.
-
-    The image has ``/lib`` and ``/lib64`` symlinks into ``/usr``, so binding the host's ``/usr`` brings the
-    C library and the dynamic loader; the interpreter's prefix (pyenv, a venv) is bound when it lives
-    elsewhere.
-    """
-    dirs = ["/usr"]
-    for prefix in (sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable))):
-        prefix = os.path.realpath(prefix)
-        if not any(prefix == d or prefix.startswith(d + "/") for d in dirs):
-            dirs.append(prefix)
-    return [f"{d}:{d}:ro" for d in dirs]
-
-
 @pytest.fixture(scope="session")
 def podman_image():
     """``(image_name, env)``: a local image whose /etc/faasx-marker holds MARKER; env has CONTAINERS_CONF."""
-    reason = _podman_unavailable()
-    if reason:
-        if os.environ.get("FAASX_REQUIRE_PODMAN") == "1":
-            pytest.fail(f"FAASX_REQUIRE_PODMAN=1 but {reason}")
-        pytest.skip(reason)
+    support.require_podman()
     work = tempfile.mkdtemp(prefix="faasx-podman-")
     conf = support.write_podman_conf(work)
     image = support.build_busybox_image(
@@ -154,7 +110,7 @@ def image_marker():
 @pytest.fixture
 def python_binds():
     """Bind specs that make the host's Python usable inside the busybox test image."""
-    return _python_binds()
+    return [f"{d}:{d}:ro" for d in support.python_bind_dirs()]
 
 
 @pytest.fixture
