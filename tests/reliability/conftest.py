@@ -121,6 +121,19 @@ def assert_no_leftovers(run_dir: str, pids=(), timeout: float = 15.0, what: str 
         pytest.fail(f"processes left behind {what}after {timeout}s: {desc}", pytrace=False)
 
 
+def shared_executor(tmp_path_factory, name: str, max_payload_size: int):
+    """A module's one executor for many small abuse tests (2 workers, fast heartbeats, one retry, a small
+    ``max_payload_size``); on teardown nothing of it may be left running.  Use with ``yield from``."""
+    import faasx
+    run_dir = str(tmp_path_factory.mktemp(name))
+    executor = faasx.Executor(max_workers_per_node=2, heartbeat_period=0.5, heartbeat_threshold=5,
+                              max_retries_on_system_failure=1, max_payload_size=max_payload_size, run_dir=run_dir)
+    ic = executor.executor._client.ic_proc
+    yield executor
+    executor.shutdown(wait=True, cancel_futures=True)
+    assert_no_leftovers(run_dir, {ic.pid}, what=f"by the {name} executor ")
+
+
 @pytest.fixture
 def make_executor(tmp_path):
     import faasx

@@ -13,10 +13,9 @@ import time
 import psutil
 import pytest
 
-import faasx
 from faasx.errors import FunctionExited, PayloadTooLarge, SerializationError, WorkerLost
 
-from .conftest import assert_no_leftovers, engine_procs, wait_for
+from .conftest import assert_no_leftovers, shared_executor, engine_procs, wait_for
 
 LIMIT = 1 << 20          # max_payload_size of the module's executor: 1 MiB
 T = 60                   # every result() has a timeout
@@ -24,13 +23,7 @@ T = 60                   # every result() has a timeout
 
 @pytest.fixture(scope="module")
 def ex(tmp_path_factory):
-    run_dir = str(tmp_path_factory.mktemp("bad_input"))
-    executor = faasx.Executor(max_workers_per_node=2, heartbeat_period=0.5, heartbeat_threshold=5,
-                              max_retries_on_system_failure=1, max_payload_size=LIMIT, run_dir=run_dir)
-    ic = executor.executor._client.ic_proc
-    yield executor
-    executor.shutdown(wait=True, cancel_futures=True)
-    assert_no_leftovers(run_dir, {ic.pid}, what="by the bad-input executor ")
+    yield from shared_executor(tmp_path_factory, "bad_input", LIMIT)
 
 
 def healthy(ex, n: int = 20) -> None:

@@ -27,12 +27,11 @@ import zmq
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import faasx
 from faasx.errors import WorkerLost
 from faasx.executor import protocol as P
 from faasx.executor.serialization import serialize
 
-from .conftest import assert_no_leftovers, interchange_log, log_text, wait_for
+from .conftest import shared_executor, interchange_log, log_text, wait_for
 
 LIMIT = 1 << 20
 T = 60
@@ -40,13 +39,7 @@ T = 60
 
 @pytest.fixture(scope="module")
 def ex(tmp_path_factory):
-    run_dir = str(tmp_path_factory.mktemp("fuzz"))
-    executor = faasx.Executor(max_workers_per_node=2, heartbeat_period=0.5, heartbeat_threshold=5,
-                              max_retries_on_system_failure=1, max_payload_size=LIMIT, run_dir=run_dir)
-    ic = executor.executor._client.ic_proc
-    yield executor
-    executor.shutdown(wait=True, cancel_futures=True)
-    assert_no_leftovers(run_dir, {ic.pid}, what="by the fuzzed executor ")
+    yield from shared_executor(tmp_path_factory, "fuzz", LIMIT)
 
 
 @pytest.fixture(scope="module")
