@@ -95,6 +95,17 @@ def _relay(up_addr: str, down_addr: str | None, router_up: bool = False) -> None
             send_up(down.recv_multipart())
 
 
+def _resolve_all(sock, pending: dict) -> None:
+    """Receive every reply waiting on ``sock`` and resolve the Future of each (the I/O thread's half)."""
+    import zmq
+    while True:
+        try:
+            m = sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        pending.pop(int(m[1])).set_result(m)
+
+
 def _free_port() -> int:
     import socket as pysock
     s = pysock.socket()
@@ -157,14 +168,8 @@ def measure(args) -> dict:
 
             def io():
                 while not stop.is_set():
-                    if not rsock.poll(100):
-                        continue
-                    while True:
-                        try:
-                            m = rsock.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        pending.pop(int(m[1])).set_result(m)
+                    if rsock.poll(100):
+                        _resolve_all(rsock, pending)
 
             th = threading.Thread(target=io, daemon=True)
             th.start()
@@ -198,12 +203,7 @@ def measure(args) -> dict:
                         pending[k] = f
                         sock.send_multipart([b"t", b"%d" % k])
                     if sock in ev:
-                        while True:
-                            try:
-                                m = sock.recv_multipart(zmq.NOBLOCK)
-                            except zmq.Again:
-                                break
-                            pending.pop(int(m[1])).set_result(m)
+                        _resolve_all(sock, pending)
 
             th = threading.Thread(target=io, daemon=True)
             th.start()
@@ -375,7 +375,7 @@ def main(argv=None) -> int:
                      C.fmt_ms(C.median(x["p90"] for x in ok) if ok else None)])
     print()
     table = C.print_table(["variant", "p50", "p90"], rows,
-                          title="Round-trip floor (faasx's topology is 'thread, 3 relay processes')")
+                          title="Round-trip floor (all-ZeroMQ; faasx's topology before its socketpair links was 'thread, 3 relay processes')")
     note = C.busy_note(r for rs in runs.values() for r in rs)
     if note:
         print(note)
