@@ -88,6 +88,23 @@ def _failure_exception(status: int, payload: bytes, tid: int) -> BaseException:
     return FaaSXError(message)
 
 
+def _settle(fut: Future, res: P.Result) -> None:
+    """Give a future its result's outcome (raises InvalidStateError if it was cancelled meanwhile)."""
+    if res.status == P.OK:
+        try:
+            value = deserialize(res.payload)
+        except Exception as e:
+            fut.set_exception(FaaSXError(
+                f"task {res.tid}: the result could not be deserialized in the client: {e!r}. Fix: make sure "
+                "the result's classes are importable where the executor runs."))
+        else:
+            fut.set_result(value)
+    elif res.status == P.EXCEPTION:
+        fut.set_exception(deserialize_exception(res.payload))
+    else:
+        fut.set_exception(_failure_exception(res.status, res.payload, res.tid))
+
+
 class EngineClient:
     def __init__(self, *, label: str, logdir: str, token: str, heartbeat_period: float,
                  heartbeat_threshold: float, max_payload_size: int, window: int = 100_000,
@@ -104,7 +121,7 @@ class EngineClient:
 
         self.futures: Dict[int, TaskFuture] = {}
         self._ids = itertools.count(1)
-        self._tasks_out: Deque[Tuple[int, bytes, int, Optional[dict], bytes]] = deque()
+        self._tasks_out: Deque[P.Task] = deque()
         self._funcs_out: Deque[Tuple[bytes, bytes]] = deque()
         self._cancel_out: Deque[int] = deque()
         self._cmds_out: Deque[Tuple[int, str, Any, Future]] = deque()
@@ -195,7 +212,7 @@ class EngineClient:
         assert link is not None
         link.sock.settimeout(timeout)
         try:
-            link.send(P.pack(P.HELLO, {"token": self.token, "versions": P.versions()}))
+            link.send(P.pack_hello(self.token))
             return link.recv()
         except socket.timeout:
             return "no answer"
@@ -238,16 +255,17 @@ class EngineClient:
             # must never reach the interchange ahead of its code
             self._funcs_out.append((fid, code))
             self._known_fids.add(fid)
+        task = P.Task(tid, fid, kind, spec, payload)
         if not self._in_flight and not self._tasks_out and len(payload) <= DIRECT_MAX_BYTES \
-                and self._send_direct(tid, fid, kind, spec, payload):
+                and self._send_direct(task):
             return fut
-        self._tasks_out.append((tid, fid, kind, spec, payload))
+        self._tasks_out.append(task)
         if self._sleeping:
             self._sleeping = False
             self._wake()
         return fut
 
-    def _send_direct(self, tid: int, fid: bytes, kind: int, spec: Optional[dict], payload: bytes) -> bool:
+    def _send_direct(self, task: P.Task) -> bool:
         """Write a lone task to the link from the caller's thread (see the module docstring); False if
         the I/O thread must take it after all."""
         link = self.link
@@ -258,7 +276,7 @@ class EngineClient:
                 return False
             try:
                 self._send_funcs(link)
-                done = link.send_nowait(P.pack(P.TASKS, [[tid, fid, kind, spec]], [payload]))
+                done = link.send_nowait(P.pack_tasks([task]))
             except OSError:       # the link is gone: the I/O thread reports it (InterchangeLost)
                 self._wake()
                 return True       # the future is filed: it fails with everything else
@@ -344,7 +362,7 @@ class EngineClient:
                 if now - last_hb >= self.heartbeat_period:
                     last_hb = now
                     with self._send_lock:
-                        link.send_nowait(P.pack(P.HEARTBEAT, {}))
+                        link.send_nowait(P.pack_heartbeat())
             except (ChannelClosed, OSError) as e:
                 self._fail_everything(self._interchange_lost(f"closed its link ({type(e).__name__})"))
                 return
@@ -383,7 +401,7 @@ class EngineClient:
         link = self.link
         assert link is not None
         with self._send_lock:
-            link.send_nowait(P.pack(P.SHUTDOWN, {}))
+            link.send_nowait(P.pack_shutdown())
             if not link.flush_until(time.monotonic() + 2.0):
                 logger.warning("executor %s: could not deliver SHUTDOWN to the interchange; it exits when it "
                                "sees the link close", self.label)
@@ -393,103 +411,106 @@ class EngineClient:
         funcs_out = self._funcs_out
         if funcs_out:
             funcs = [funcs_out.popleft() for _ in range(len(funcs_out))]
-            link.send_nowait(P.pack(P.FUNCS, [f[0] for f in funcs], [f[1] for f in funcs]))
+            link.send_nowait(P.pack_funcs([f[0] for f in funcs], [f[1] for f in funcs]))
 
     def _send_outgoing(self) -> None:
+        """Write everything the callers queued: code, tasks (within the window), cancels, commands."""
         with self._send_lock:
             link = self.link
             assert link is not None
-            tasks_out = self._tasks_out
             # Take the tasks first, then the functions: every function a taken task needs was queued
             # before the task, so it is in the functions we take now.
-            room = min(self.window - self._in_flight, SEND_BATCH)
-            n = min(len(tasks_out), room) if room > 0 else 0
-            if n:
-                batch = [tasks_out.popleft() for _ in range(n)]
+            batch = self._take_tasks()
             self._send_funcs(link)
-            if n:
-                futures = self.futures
-                body, payloads = [], []
-                for tid, fid, kind, spec, payload in batch:
-                    fut = futures.get(tid)
-                    if fut is None or fut.cancelled():
-                        futures.pop(tid, None)
-                        continue
-                    body.append([tid, fid, kind, spec])
-                    payloads.append(payload)
-                if body:
-                    self._in_flight += len(body)
-                    self.stats["submitted"] += len(body)
-                    link.send_nowait(P.pack(P.TASKS, body, payloads))
-                    if self.debug:
-                        logger.debug("sent tasks %s", [b[0] for b in body])
-            if self._cancel_out:
-                tids = []
-                while self._cancel_out:
-                    tids.append(self._cancel_out.popleft())
-                link.send_nowait(P.pack(P.CANCEL, tids))
-            while self._cmds_out:
-                req_id, name, args, fut = self._cmds_out.popleft()
-                self._cmd_futures[req_id] = fut
-                link.send_nowait(P.pack(P.COMMAND, [req_id, name, args]))
+            if batch:
+                self._send_tasks(link, batch)
+            self._send_cancels(link)
+            self._send_commands(link)
+
+    def _take_tasks(self) -> list:
+        """Up to ``SEND_BATCH`` queued tasks, as many as the window has room for (send lock held)."""
+        tasks_out = self._tasks_out
+        n = min(len(tasks_out), self.window - self._in_flight, SEND_BATCH)
+        return [tasks_out.popleft() for _ in range(n)] if n > 0 else []
+
+    def _send_tasks(self, link: Channel, batch: list) -> None:
+        """One TASKS message for the tasks of ``batch`` not cancelled meanwhile (send lock held)."""
+        futures = self.futures
+        live = []
+        for task in batch:
+            fut = futures.get(task.tid)
+            if fut is None or fut.cancelled():
+                futures.pop(task.tid, None)
+            else:
+                live.append(task)
+        if live:
+            self._in_flight += len(live)
+            self.stats["submitted"] += len(live)
+            link.send_nowait(P.pack_tasks(live))
+            if self.debug:
+                logger.debug("sent tasks %s", [t.tid for t in live])
+
+    def _send_cancels(self, link: Channel) -> None:
+        cancel_out = self._cancel_out
+        if cancel_out:
+            link.send_nowait(P.pack_cancel([cancel_out.popleft() for _ in range(len(cancel_out))]))
+
+    def _send_commands(self, link: Channel) -> None:
+        while self._cmds_out:
+            req_id, name, args, fut = self._cmds_out.popleft()
+            self._cmd_futures[req_id] = fut
+            link.send_nowait(P.pack_command(req_id, name, args))
 
     def _handle(self, frames: list) -> None:
+        """One message from the interchange (I/O thread)."""
         try:
             msg_type, body, payloads = P.unpack(frames)
+            if msg_type == P.RESULTS:      # first: the hot path
+                self._resolve(P.parse_results(body, payloads))
+            elif msg_type == P.REPLY:
+                self._on_reply(*P.parse_reply(body))
+            elif msg_type == P.EVENT:
+                self._event(P.parse_event(body))
+            elif msg_type != P.HEARTBEAT:
+                logger.warning("executor %s: unexpected %s from the interchange", self.label, P.type_name(msg_type))
         except P.ProtocolError as e:
             logger.error("executor %s: dropped malformed message from the interchange: %s", self.label, e)
-            return
-        if msg_type == P.RESULTS:
-            self._resolve(body, payloads)
-        elif msg_type == P.REPLY:
-            req_id, result = body
-            if req_id == 0:          # confirmation of cancelled tasks: they will never report
-                self._forget_cancelled(result)
-                return
-            fut = self._cmd_futures.pop(req_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(result)
-        elif msg_type == P.EVENT:
-            self._event(body)
-        elif msg_type != P.HEARTBEAT:
-            logger.warning("executor %s: unexpected %s from the interchange", self.label, P.TYPE_NAMES[msg_type])
 
-    def _resolve(self, body: list, payloads: list) -> None:
+    def _on_reply(self, req_id: int, result: Any) -> None:
+        if req_id == P.CANCEL_CONFIRMED:    # these cancelled tasks will never report
+            self._forget_cancelled(result)
+            return
+        fut = self._cmd_futures.pop(req_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(result)
+
+    def _resolve(self, results: list) -> None:
+        """Resolve the futures of a RESULTS batch, dropping each from the table as it resolves."""
         futures = self.futures
         with self._send_lock:
-            self._in_flight -= len(body)
-        self.stats["results"] += len(body)
-        debug = self.debug
-        memo_keys = self._memo_keys
-        for i, (tid, status) in enumerate(body):
-            fut = futures.pop(tid, None)
+            self._in_flight -= len(results)
+        self.stats["results"] += len(results)
+        for res in results:
+            fut = futures.pop(res.tid, None)
             if fut is None:
                 self.stats["duplicates"] += 1
-                logger.error("executor %s: result for unknown or already resolved task %d dropped", self.label, tid)
+                logger.error("executor %s: result for unknown or already resolved task %d dropped", self.label,
+                             res.tid)
                 continue
-            payload = payloads[i]
-            if memo_keys:
-                key = memo_keys.pop(tid, None)
-                if key is not None and status == P.OK and self.memo_store is not None:
-                    self.memo_store.put(key, payload)   # only successes are remembered
+            if self._memo_keys:
+                self._remember(res)
             try:
-                if status == P.OK:
-                    try:
-                        value = deserialize(payload)
-                    except Exception as e:
-                        fut.set_exception(FaaSXError(
-                            f"task {tid}: the result could not be deserialized in the client: {e!r}. Fix: make sure "
-                            "the result's classes are importable where the executor runs."))
-                    else:
-                        fut.set_result(value)
-                elif status == P.EXCEPTION:
-                    fut.set_exception(deserialize_exception(payload))
-                else:
-                    fut.set_exception(_failure_exception(status, payload, tid))
+                _settle(fut, res)
             except InvalidStateError:  # cancelled by the user meanwhile
                 pass
-            if debug:
-                logger.debug("task %d resolved (status %d)", tid, status)
+            if self.debug:
+                logger.debug("task %d resolved (status %d)", res.tid, res.status)
+
+    def _remember(self, res: P.Result) -> None:
+        """Store a memoized task's result (only successes are remembered)."""
+        key = self._memo_keys.pop(res.tid, None)
+        if key is not None and res.status == P.OK and self.memo_store is not None:
+            self.memo_store.put(key, res.payload)
 
     def _forget_cancelled(self, tids: Any) -> None:
         if isinstance(tids, list):

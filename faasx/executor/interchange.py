@@ -65,8 +65,16 @@ class Interchange:
         self.stats = {"tasks_received": 0, "results_sent": 0, "malformed": 0, "duplicates_dropped": 0,
                       "retried": 0, "failed_system": 0, "managers_registered": 0, "managers_lost": 0,
                       "managers_refused": 0}
-        self.out_body: List[list] = []
-        self.out_payloads: List[bytes] = []
+        self.outbox: List[P.Result] = []     # results for the client, sent once per loop iteration
+        self._client_handlers = {P.TASKS: self._on_client_tasks, P.FUNCS: self._on_client_funcs,
+                                 P.HEARTBEAT: self._on_client_heartbeat, P.CANCEL: self._on_client_cancel,
+                                 P.COMMAND: self._on_client_command, P.SHUTDOWN: self._on_client_shutdown}
+        self._manager_handlers = {P.RESULTS: self._on_manager_results, P.HEARTBEAT: self._on_manager_heartbeat,
+                                  P.DRAIN: self._on_manager_drain, P.BYE: self._on_manager_bye,
+                                  P.REGISTER: self._on_manager_register}
+        self._commands = {"managers": self._cmd_managers, "connected_blocks": self._cmd_connected_blocks,
+                          "outstanding": self._cmd_outstanding, "hold_block": self._cmd_hold_block,
+                          "stats": self._cmd_stats}
 
         max_msg = cfg["max_payload_size"] + (16 << 20)
         self.link = Channel(socket.socket(fileno=cfg["client_fd"]), max_message=2 * max_msg)
@@ -117,6 +125,7 @@ class Interchange:
 
     # ---- client side -------------------------------------------------------------------------
     def handle_client(self, frames: list, now: float) -> None:
+        """One message from the client: HELLO first, then whatever ``_client_handlers`` accepts."""
         try:
             msg_type, body, payloads = P.unpack(frames)
         except P.ProtocolError as e:
@@ -124,80 +133,99 @@ class Interchange:
             logger.error("client link: dropped malformed message: %s", e)
             return
         if not self.client_ready:
-            if msg_type == P.HELLO and isinstance(body, dict) and body.get("token") == self.token:
-                self.client_ready = True
-                self.last_client = now
-                self._send_client(P.pack(P.WELCOME, {"versions": self.versions}))
-                logger.info("client connected")
-            else:
-                self.stats["malformed"] += 1
-                logger.error("client link: dropped %s before a valid HELLO", P.TYPE_NAMES.get(msg_type))
+            self._greet_client(msg_type, body, now)
             return
         self.last_client = now
+        handler = self._client_handlers.get(msg_type)
         try:
-            if msg_type == P.TASKS:
-                self.accept_tasks(P.check_tasks(body, payloads), payloads)
-            elif msg_type == P.FUNCS:
-                for fid, code in zip(P.check_funcs(body, payloads), payloads):
-                    self.codes[fid] = code
-            elif msg_type == P.HEARTBEAT:
-                pass
-            elif msg_type == P.CANCEL:
-                if not isinstance(body, list):
-                    raise P.ProtocolError("CANCEL body must be a list of task ids")
-                cancelled = self.scheduler.cancel(t for t in body if isinstance(t, int))
-                logger.info("cancelled %d queued task(s) at the client's request", len(cancelled))
-                # request id 0: the tasks that will never report, so the client can forget them
-                self._send_client(P.pack(P.REPLY, [0, cancelled]))
-            elif msg_type == P.COMMAND:
-                if not isinstance(body, list) or len(body) != 3:
-                    raise P.ProtocolError("COMMAND body must be [req_id, name, args]")
-                req_id, name, args = body
-                self._send_client(P.pack(P.REPLY, [req_id, self.command(name, args, now)]))
-            elif msg_type == P.SHUTDOWN:
-                logger.info("client requested shutdown")
-                self.running = False
-            else:
-                raise P.ProtocolError(f"unexpected {P.TYPE_NAMES[msg_type]} from the client")
+            if handler is None:
+                raise P.ProtocolError(f"unexpected {P.type_name(msg_type)} from the client")
+            handler(body, payloads, now)
         except P.ProtocolError as e:
             self.stats["malformed"] += 1
-            logger.error("client port: dropped malformed %s: %s", P.TYPE_NAMES.get(msg_type), e)
+            logger.error("client port: dropped malformed %s: %s", P.type_name(msg_type), e)
 
-    def accept_tasks(self, records: list, payloads: list) -> None:
-        new = []
+    def _greet_client(self, msg_type: int, body, now: float) -> None:
+        """Before a valid HELLO nothing else is accepted, and nothing is answered."""
+        if msg_type == P.HELLO and P.hello_token(body) == self.token:
+            self.client_ready = True
+            self.last_client = now
+            self._send_client(P.pack_welcome(self.versions))
+            logger.info("client connected")
+        else:
+            self.stats["malformed"] += 1
+            logger.error("client link: dropped %s before a valid HELLO", P.type_name(msg_type))
+
+    def _on_client_tasks(self, body, payloads, now: float) -> None:
+        self.accept_tasks(P.parse_tasks(body, payloads, TaskRecord))
+
+    def _on_client_funcs(self, body, payloads, now: float) -> None:
+        self.codes.update(P.parse_funcs(body, payloads))
+
+    def _on_client_heartbeat(self, body, payloads, now: float) -> None:
+        pass    # last_client is updated for every message
+
+    def _on_client_cancel(self, body, payloads, now: float) -> None:
+        cancelled = self.scheduler.cancel(P.parse_cancel(body))
+        logger.info("cancelled %d queued task(s) at the client's request", len(cancelled))
+        self._send_client(P.pack_cancel_confirmed(cancelled))   # these will never report
+
+    def _on_client_command(self, body, payloads, now: float) -> None:
+        cmd = P.parse_command(body)
+        self._send_client(P.pack_reply(cmd.req_id, self.command(cmd.name, cmd.args, now)))
+
+    def _on_client_shutdown(self, body, payloads, now: float) -> None:
+        logger.info("client requested shutdown")
+        self.running = False
+
+    def accept_tasks(self, records: List[TaskRecord]) -> None:
+        """Queue the client's tasks; one whose function code never arrived fails at once (FUNCS must
+        come before the TASKS that use it)."""
         codes = self.codes
-        for i, (tid, fid, kind, spec) in enumerate(records):
-            if fid not in codes:
-                self._fail(tid, "FAILED", f"task {tid}: the interchange has no code for function {fid.hex()}; "
-                           "the client must send FUNCS before TASKS (this is a faasx bug, please report it)", 0)
-                continue
-            new.append(TaskRecord(tid, fid, kind, spec, payloads[i]))
+        new = [rec for rec in records if rec.fid in codes]
+        if len(new) < len(records):
+            for rec in records:
+                if rec.fid not in codes:
+                    self._fail(rec.tid, "FAILED", f"task {rec.tid}: the interchange has no code for function "
+                               f"{rec.fid.hex()}; the client must send FUNCS before TASKS (this is a faasx bug, "
+                               "please report it)", 0)
         self.stats["tasks_received"] += len(records)
         for rec in self.scheduler.submit(new):
             self.stats["duplicates_dropped"] += 1
             logger.error("task %d submitted twice; the second copy was dropped", rec.tid)
         if self.debug:
-            logger.debug("queued tasks %s", [r[0] for r in records])
+            logger.debug("queued tasks %s", [r.tid for r in records])
 
     def command(self, name: str, args, now: float):
+        """The answer to a COMMAND (see ``protocol``: the names a client may ask)."""
+        handler = self._commands.get(name)
+        if handler is None:
+            return {"error": f"unknown command {name!r}"}
+        return handler(args, now)
+
+    def _cmd_managers(self, args, now: float):
+        return [m.summary(now) for m in self.scheduler.managers.values()]
+
+    def _cmd_connected_blocks(self, args, now: float):
+        return sorted(self.blocks_seen)
+
+    def _cmd_outstanding(self, args, now: float):
+        return {"queued": self.scheduler.queued, "tasks": len(self.scheduler.tasks)}
+
+    def _cmd_hold_block(self, args, now: float):
+        """Scale-in: stop dispatching to the block's managers and ask them to drain."""
         sched = self.scheduler
-        if name == "managers":
-            return [m.summary(now) for m in sched.managers.values()]
-        if name == "connected_blocks":
-            return sorted(self.blocks_seen)
-        if name == "outstanding":
-            return {"queued": sched.queued, "tasks": len(sched.tasks)}
-        if name == "hold_block":
-            held = []
-            for m in list(sched.managers.values()):
-                if m.block_id == str(args):
-                    sched.deactivate(m.mid)
-                    self._send_manager(m.mid, P.pack(P.HOLD, {}))
-                    held.append(m.mid.decode(errors="replace"))
-            return held
-        if name == "stats":
-            return dict(self.stats, queued=sched.queued, tasks=len(sched.tasks), managers=len(sched.managers))
-        return {"error": f"unknown command {name!r}"}
+        held = []
+        for m in list(sched.managers.values()):
+            if m.block_id == str(args):
+                sched.deactivate(m.mid)
+                self._send_manager(m.mid, P.pack_hold())
+                held.append(m.mid.decode(errors="replace"))
+        return held
+
+    def _cmd_stats(self, args, now: float):
+        sched = self.scheduler
+        return dict(self.stats, queued=sched.queued, tasks=len(sched.tasks), managers=len(sched.managers))
 
     def _send_client(self, frames: list) -> None:
         if not self.client_ready:
@@ -209,12 +237,11 @@ class Interchange:
             self.running = False
 
     def _fail(self, tid: int, kind: str, message: str, attempts: int) -> None:
-        status = {"WorkerLost": P.WORKER_LOST, "ManagerLost": P.MANAGER_LOST}.get(kind, P.FAILED)
-        self.out_body.append([tid, status])
-        self.out_payloads.append(P.failure_payload(kind, message, attempts))
+        self.outbox.append(P.failed_result(tid, kind, message, attempts))
 
     # ---- manager side ------------------------------------------------------------------------
     def handle_manager(self, frames: list, now: float) -> None:
+        """One message from a manager: frame 0 is its ROUTER identity, then the protocol frames."""
         mid = frames[0]
         try:
             msg_type, body, payloads = P.unpack(frames[1:])
@@ -222,108 +249,124 @@ class Interchange:
             self.stats["malformed"] += 1
             logger.error("manager port: dropped malformed message from %r: %s", mid[:64], e)
             return
-        sched = self.scheduler
-        m = sched.touch(mid, now)
+        m = self.scheduler.touch(mid, now)
         if m is None:
-            if msg_type == P.REGISTER:
-                self.register(mid, body, now)
-            elif mid in self.lost:
-                logger.warning("manager %r came back after it was declared lost (%s); refusing it so that no "
-                               "task runs twice", mid, self.lost[mid])
-                self._send_manager(mid, P.pack(P.REFUSED, {"reason": f"declared lost: {self.lost[mid]}; its tasks "
-                                                           "were re-dispatched"}))
-            else:
-                self.stats["malformed"] += 1
-                logger.error("manager port: dropped %s from unregistered peer %r", P.TYPE_NAMES.get(msg_type), mid[:64])
+            self._from_unregistered(mid, msg_type, body, now)
             return
+        handler = self._manager_handlers.get(msg_type)
         try:
-            if msg_type == P.RESULTS:
-                self.accept_results(mid, P.check_results(body, payloads), payloads, now)
-            elif msg_type == P.HEARTBEAT:
-                if isinstance(body, dict) and isinstance(body.get("capacity"), int):
-                    sched.set_capacity(mid, body["capacity"])
-                if isinstance(body, dict) and isinstance(body.get("warm"), list):
-                    # container keys with a ready worker there: dispatch prefers such managers
-                    sched.set_warm(mid, [k for k in body["warm"] if isinstance(k, str)])
-            elif msg_type == P.DRAIN:
-                sched.deactivate(mid)
-                logger.info("manager %r (block %s) is draining: %s", mid, m.block_id,
-                            body.get("reason") if isinstance(body, dict) else "")
-            elif msg_type == P.BYE:
-                reason = body.get("reason") if isinstance(body, dict) else ""
-                self.remove_manager(mid, f"it exited ({reason})", now)
-            elif msg_type == P.REGISTER:
-                raise P.ProtocolError("REGISTER from an already registered manager")
-            else:
-                raise P.ProtocolError(f"unexpected {P.TYPE_NAMES[msg_type]} from a manager")
+            if handler is None:
+                raise P.ProtocolError(f"unexpected {P.type_name(msg_type)} from a manager")
+            handler(m, body, payloads, now)
         except P.ProtocolError as e:
             self.stats["malformed"] += 1
-            logger.error("manager port: dropped malformed %s from %r: %s", P.TYPE_NAMES.get(msg_type), mid, e)
+            logger.error("manager port: dropped malformed %s from %r: %s", P.type_name(msg_type), mid, e)
+
+    def _from_unregistered(self, mid: bytes, msg_type: int, body, now: float) -> None:
+        """REGISTER, or a manager declared lost coming back (refused: its tasks ran elsewhere)."""
+        if msg_type == P.REGISTER:
+            self.register(mid, body, now)
+        elif mid in self.lost:
+            logger.warning("manager %r came back after it was declared lost (%s); refusing it so that no "
+                           "task runs twice", mid, self.lost[mid])
+            self._send_manager(mid, P.pack_refused(f"declared lost: {self.lost[mid]}; its tasks were re-dispatched"))
+        else:
+            self.stats["malformed"] += 1
+            logger.error("manager port: dropped %s from unregistered peer %r", P.type_name(msg_type), mid[:64])
+
+    def _on_manager_results(self, m, body, payloads, now: float) -> None:
+        self.accept_results(m.mid, P.parse_results(body, payloads), now)
+
+    def _on_manager_heartbeat(self, m, body, payloads, now: float) -> None:
+        hb = P.parse_manager_heartbeat(body)
+        if hb.capacity is not None:
+            self.scheduler.set_capacity(m.mid, hb.capacity)
+        if hb.warm is not None:
+            # container keys with a ready worker there: dispatch prefers such managers
+            self.scheduler.set_warm(m.mid, hb.warm)
+
+    def _on_manager_drain(self, m, body, payloads, now: float) -> None:
+        self.scheduler.deactivate(m.mid)
+        logger.info("manager %r (block %s) is draining: %s", m.mid, m.block_id, P.parse_reason(body))
+
+    def _on_manager_bye(self, m, body, payloads, now: float) -> None:
+        # the tasks it lists as lost are in our own ownership record already: that one is requeued
+        self.remove_manager(m.mid, f"it exited ({P.parse_bye(body).reason})", now)
+
+    def _on_manager_register(self, m, body, payloads, now: float) -> None:
+        raise P.ProtocolError("REGISTER from an already registered manager")
 
     def register(self, mid: bytes, body, now: float) -> None:
-        reason = None
-        if not isinstance(body, dict) or not isinstance(body.get("workers"), int) or body["workers"] < 1:
-            reason = "malformed registration"
-        elif body.get("token") != self.token:
-            reason = "wrong run token: this manager was started for another executor or an earlier run"
-        else:
-            diff = P.version_mismatch(self.versions, body.get("versions"))
-            if diff:
-                reason = "version mismatch: " + ", ".join(
-                    f"{k} interchange {a!r} vs manager {b!r}" for k, (a, b) in sorted(diff.items()))
-        if reason:
-            self.stats["managers_refused"] += 1
-            logger.error("refused manager %r from %s: %s", mid[:64],
-                         body.get("hostname") if isinstance(body, dict) else "?", reason)
-            self._send_manager(mid, P.pack(P.REFUSED, {"reason": reason}))
-            self._send_client(P.pack(P.EVENT, {"kind": "refused", "manager": mid.decode(errors="replace"),
-                                               "reason": reason, "interchange_versions": self.versions,
-                                               "manager_versions": body.get("versions") if isinstance(body, dict)
-                                               else None}))
+        """REGISTER from a new manager: REGISTERED, or REFUSED with the reason (the client hears either)."""
+        try:
+            reg = P.parse_register(body)
+        except P.ProtocolError as e:
+            self._refuse(mid, body, str(e))
             return
-        workers = body["workers"]
-        prefetch = body.get("prefetch") if isinstance(body.get("prefetch"), int) else 0
-        info = {k: body.get(k) for k in ("hostname", "pid", "accelerators", "containers")}
-        block_id = str(body.get("block_id"))
-        self.scheduler.register_manager(mid, block_id, workers, workers + prefetch, info, now)
-        self.blocks_seen.setdefault(block_id, now)
+        reason = self._registration_problem(reg)
+        if reason:
+            self._refuse(mid, body, reason)
+            return
+        info = {"hostname": reg.hostname, "pid": reg.pid, "accelerators": reg.accelerators,
+                "containers": reg.containers}
+        self.scheduler.register_manager(mid, reg.block_id, reg.workers, reg.workers + reg.prefetch, info, now)
+        self.blocks_seen.setdefault(reg.block_id, now)
         self.stats["managers_registered"] += 1
-        logger.info("registered manager %r: block %s, host %s, pid %s, %d workers", mid, block_id,
-                    info["hostname"], info["pid"], workers)
-        self._send_manager(mid, P.pack(P.REGISTERED, {"heartbeat_period": self.hb_period,
-                                                      "heartbeat_threshold": self.hb_threshold}))
-        self._send_client(P.pack(P.EVENT, {"kind": "registered", "manager": mid.decode(errors="replace"),
-                                           "block_id": block_id, "workers": workers}))
+        logger.info("registered manager %r: block %s, host %s, pid %s, %d workers", mid, reg.block_id,
+                    reg.hostname, reg.pid, reg.workers)
+        self._send_manager(mid, P.pack_registered(self.hb_period, self.hb_threshold))
+        self._send_client(P.pack_event_registered(mid.decode(errors="replace"), reg.block_id, reg.workers))
 
-    def accept_results(self, mid: bytes, records: list, payloads: list, now: float) -> None:
-        sched = self.scheduler
-        body, out_payloads = self.out_body, self.out_payloads
-        for i, (tid, status) in enumerate(records):
-            if status == P.WORKER_LOST:
-                rec, requeued = sched.worker_lost(mid, tid, now)
-                if rec is None:
-                    continue
-                if requeued:
-                    self.stats["retried"] += 1
-                    logger.warning("task %d: worker lost on manager %r; re-dispatching (attempt %d of %d)",
-                                   tid, mid, rec.attempts + 1, sched.max_retries + 1)
-                else:
-                    self.stats["failed_system"] += 1
-                    kind, message, _ = P.parse_failure(payloads[i])
-                    self._fail(tid, "WorkerLost", f"{message} (gave up after {rec.attempts} attempt(s); "
-                               f"max_retries_on_system_failure={sched.max_retries})", rec.attempts)
-                continue
-            if sched.complete(mid, tid, now) is None:
+    def _registration_problem(self, reg: P.Registration) -> Optional[str]:
+        if reg.token != self.token:
+            return "wrong run token: this manager was started for another executor or an earlier run"
+        diff = P.version_mismatch(self.versions, reg.versions)
+        if diff:
+            return "version mismatch: " + ", ".join(
+                f"{k} interchange {a!r} vs manager {b!r}" for k, (a, b) in sorted(diff.items()))
+        return None
+
+    def _refuse(self, mid: bytes, body, reason: str) -> None:
+        theirs = body if isinstance(body, dict) else {}
+        self.stats["managers_refused"] += 1
+        logger.error("refused manager %r from %s: %s", mid[:64], theirs.get("hostname", "?"), reason)
+        self._send_manager(mid, P.pack_refused(reason))
+        self._send_client(P.pack_event_refused(mid.decode(errors="replace"), reason, self.versions,
+                                               theirs.get("versions")))
+
+    def accept_results(self, mid: bytes, results: List[P.Result], now: float) -> None:
+        """Forward the results the manager owns; WORKER_LOST ones are retried or failed here."""
+        sched, outbox = self.scheduler, self.outbox
+        for res in results:
+            if res.status == P.WORKER_LOST:
+                self._worker_lost(mid, res, now)
+            elif sched.complete(mid, res.tid, now) is None:
                 self.stats["duplicates_dropped"] += 1
                 logger.warning("task %d: dropped a result from manager %r, which does not own the task "
-                               "(duplicate or stale)", tid, mid)
-                continue
-            body.append([tid, status])
-            out_payloads.append(payloads[i])
+                               "(duplicate or stale)", res.tid, mid)
+            else:
+                outbox.append(res)
         if self.debug:
-            logger.debug("results from %r: %s", mid, [r[0] for r in records])
+            logger.debug("results from %r: %s", mid, [r.tid for r in results])
+
+    def _worker_lost(self, mid: bytes, res: P.Result, now: float) -> None:
+        sched = self.scheduler
+        rec, requeued = sched.worker_lost(mid, res.tid, now)
+        if rec is None:
+            return
+        if requeued:
+            self.stats["retried"] += 1
+            logger.warning("task %d: worker lost on manager %r; re-dispatching (attempt %d of %d)",
+                           res.tid, mid, rec.attempts + 1, sched.max_retries + 1)
+            return
+        self.stats["failed_system"] += 1
+        _, message, _ = P.parse_failure(res.payload)
+        self._fail(res.tid, "WorkerLost", f"{message} (gave up after {rec.attempts} attempt(s); "
+                   f"max_retries_on_system_failure={sched.max_retries})", rec.attempts)
 
     def remove_manager(self, mid: bytes, why: str, now: float) -> None:
+        """Forget a manager: its tasks go back to the queues (or fail, retries spent); remember its id
+        so that it is refused if it comes back."""
         sched = self.scheduler
         m = sched.managers.get(mid)
         if m is None:
@@ -342,9 +385,8 @@ class Interchange:
             self._fail(rec.tid, "ManagerLost", f"task {rec.tid}: manager {mid.decode(errors='replace')} of block "
                        f"{m.block_id} was lost ({why}) while holding it; gave up after {rec.attempts} attempt(s) "
                        f"(max_retries_on_system_failure={sched.max_retries})", rec.attempts)
-        self._send_client(P.pack(P.EVENT, {"kind": "lost", "manager": mid.decode(errors="replace"),
-                                           "block_id": m.block_id, "reason": why,
-                                           "requeued": len(requeued), "failed": len(failed)}))
+        self._send_client(P.pack_event_lost(mid.decode(errors="replace"), m.block_id, why, len(requeued),
+                                            len(failed)))
 
     def _send_manager(self, mid: bytes, frames: list) -> bool:
         try:
@@ -355,21 +397,23 @@ class Interchange:
             return False
 
     def dispatch(self, now: float) -> None:
-        codes = self.codes
+        """Send each manager the tasks the scheduler gave it (their functions' code first)."""
         for m, recs in self.scheduler.dispatch():
-            frames = []
-            missing = [r.fid for r in recs if r.fid not in m.functions]
-            if missing:
-                fids = list(dict.fromkeys(missing))
-                if not self._send_manager(m.mid, P.pack(P.FUNCS, fids, [codes[f] for f in fids])):
-                    self.remove_manager(m.mid, "unreachable (its connection is gone)", now)
-                    continue
-                m.functions.update(fids)
-            frames = P.pack(P.TASKS, [[r.tid, r.fid, r.kind, r.spec] for r in recs], [r.payload for r in recs])
-            if not self._send_manager(m.mid, frames):
+            if not (self._send_missing_funcs(m, recs) and self._send_manager(m.mid, P.pack_tasks(recs))):
                 self.remove_manager(m.mid, "unreachable (its connection is gone)", now)
             elif self.debug:
                 logger.debug("dispatched tasks %s to %r", [r.tid for r in recs], m.mid)
+
+    def _send_missing_funcs(self, m, recs: List[TaskRecord]) -> bool:
+        """FUNCS for the functions of ``recs`` the manager has not been sent yet (False: unreachable)."""
+        missing = [r.fid for r in recs if r.fid not in m.functions]
+        if not missing:
+            return True
+        fids = list(dict.fromkeys(missing))
+        if not self._send_manager(m.mid, P.pack_funcs(fids, [self.codes[f] for f in fids])):
+            return False
+        m.functions.update(fids)
+        return True
 
     # ---- loop --------------------------------------------------------------------------------
     def run(self) -> None:
@@ -427,13 +471,13 @@ class Interchange:
             logger.exception("%s port: dropped a message that broke its handler (peer %r)", port, frames[0][:64])
 
     def flush_results(self) -> None:
-        if self.out_body:
-            self.stats["results_sent"] += len(self.out_body)
-            self._send_client(P.pack(P.RESULTS, self.out_body, self.out_payloads))
-            self.out_body, self.out_payloads = [], []
+        if self.outbox:
+            self.stats["results_sent"] += len(self.outbox)
+            self._send_client(P.pack_results(self.outbox))
+            self.outbox = []
 
     def periodic(self, now: float) -> None:
-        hb = P.pack(P.HEARTBEAT, {})
+        hb = P.pack_heartbeat()
         for mid in self.scheduler.expired(now, self.hb_threshold):
             self.remove_manager(mid, f"no heartbeat for more than {self.hb_threshold}s (heartbeat_threshold)", now)
         for key, recs in self.scheduler.unroutable(now, self.hb_threshold):
@@ -458,7 +502,7 @@ class Interchange:
             self.running = False
 
     def shutdown(self) -> None:
-        bye = P.pack(P.SHUTDOWN, {"reason": "the executor is shutting down"})
+        bye = P.pack_shutdown("the executor is shutting down")
         for mid in list(self.scheduler.managers):
             self._send_manager(mid, bye)
         self.managers.setsockopt(zmq.LINGER, 1000)
