@@ -3,7 +3,7 @@
 The interchange process (``faasx.executor.interchange``) feeds this class events -- tasks arrived,
 a manager registered, results came back, a manager went silent -- and sends whatever ``dispatch()``
 decides.  Keeping the decisions here means they are unit-tested without processes or sockets
-(``tests/test_scheduling.py``).
+(``tests/unit/test_scheduling.py``, which checks ``Scheduler.validate()`` after every step).
 
 Model
 -----
@@ -314,6 +314,76 @@ class Scheduler:
                 out.append((key, recs))
         return out
 
+    # ---- invariants --------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise AssertionError if the bookkeeping is inconsistent.  O(tasks + managers): for tests
+        (they call it after every step, as Dask's tests call ``WorkerState.validate_state``), never on
+        the hot path.  The invariants:
+
+        * ownership: every task in ``tasks`` is either live in exactly one ready queue (the queue of
+          its routing key, with no owner) or held by exactly one registered manager (``rec.manager``,
+          and in that manager's ``tasks``), never both; nothing else is queued or held;
+        * counts add up: each queue's ``live`` is the number of its uncancelled entries, and
+          ``len(tasks) == queued + sum(tasks held by managers)``;
+        * managers: ``capacity >= workers``; ``idle_since`` is None exactly when it holds tasks;
+        * tiers: a manager is in ``_idle`` iff it is active and holds fewer tasks than its workers
+          (and its capacity), in ``_prefetch`` iff active with every worker busy and prefetch room
+          left, in neither otherwise; tier entries are registered managers.
+        """
+        queued = self._validate_queues()
+        held = self._validate_managers()
+        for tid, rec in self.tasks.items():
+            _require(rec.tid == tid, f"task {tid} filed under another id ({rec.tid})")
+            _require(not rec.cancelled, f"task {tid} is cancelled but still known")
+            _require(rec.attempts <= self.max_retries, f"task {tid} kept after {rec.attempts} attempts")
+            if rec.manager is None:
+                _require(tid in queued, f"task {tid} has no owner and is in no queue")
+            else:
+                _require(tid in held and held[tid] == rec.manager,
+                         f"task {tid} names manager {rec.manager!r}, which does not hold it")
+                _require(tid not in queued, f"task {tid} is held by {rec.manager!r} and also queued")
+        _require(len(self.tasks) == len(queued) + len(held),
+                 f"{len(self.tasks)} tasks known, but {len(queued)} queued + {len(held)} held")
+        self._validate_tiers()
+
+    def _validate_queues(self) -> Set[int]:
+        """The ids of every live queued task, each checked to be queued once, where its key says."""
+        queued: Set[int] = set()
+        for key, q in self.queues.items():
+            live = [rec for rec in itertools.chain(q.fifo, (e[2] for e in q.heap)) if not rec.cancelled]
+            _require(q.live == len(live), f"queue {key!r} counts {q.live} live tasks, holds {len(live)}")
+            for rec in live:
+                _require(rec.tid not in queued, f"task {rec.tid} is queued twice")
+                _require(self.tasks.get(rec.tid) is rec, f"queued task {rec.tid} is not in the task table")
+                _require(rec.key == key, f"task {rec.tid} of key {rec.key!r} queued under {key!r}")
+                queued.add(rec.tid)
+        return queued
+
+    def _validate_managers(self) -> Dict[int, bytes]:
+        """{task id: owner} over every manager, each task held by one manager only."""
+        held: Dict[int, bytes] = {}
+        for mid, m in self.managers.items():
+            _require(m.mid == mid, f"manager {mid!r} filed under another id ({m.mid!r})")
+            _require(m.capacity >= m.workers, f"manager {mid!r}: capacity {m.capacity} < {m.workers} workers")
+            _require((m.idle_since is None) == bool(m.tasks),
+                     f"manager {mid!r}: idle_since {m.idle_since} while holding {len(m.tasks)} task(s)")
+            for tid in m.tasks:
+                _require(tid not in held, f"task {tid} held by both {held.get(tid)!r} and {mid!r}")
+                held[tid] = mid
+        return held
+
+    def _validate_tiers(self) -> None:
+        _require(not (self._idle.keys() & self._prefetch.keys()), "a manager is in both tiers")
+        for tier in (self._idle, self._prefetch):
+            for mid, m in tier.items():
+                _require(self.managers.get(mid) is m, f"tier entry {mid!r} is not a registered manager")
+        for mid, m in self.managers.items():
+            held = len(m.tasks)
+            room = m.active and held < m.capacity
+            _require((mid in self._idle) == (room and held < m.workers), f"manager {mid!r}: wrong idle tier")
+            _require((mid in self._prefetch) == (room and held >= m.workers),
+                     f"manager {mid!r}: wrong prefetch tier")
+
     # ---- dispatch ----------------------------------------------------------------------------
     def dispatch(self) -> List[Tuple[ManagerRecord, List[TaskRecord]]]:
         """Assign queued tasks to managers with room.  Returns [(manager, tasks)], one entry per manager."""
@@ -387,3 +457,9 @@ class Scheduler:
             self._idle.pop(mid, None)
             if mid not in self._prefetch:
                 self._prefetch[mid] = m
+
+
+def _require(condition: bool, message: str) -> None:
+    """``assert`` that survives ``python -O``: ``validate`` must check even there."""
+    if not condition:
+        raise AssertionError(f"Scheduler invariant broken: {message}")

@@ -1,4 +1,12 @@
-"""The interchange's scheduling core, without sockets or processes."""
+"""The interchange's scheduling core, without sockets or processes.
+
+Every test runs on a ``CheckedScheduler``, which calls ``Scheduler.validate()`` after each call, so
+the ownership invariant (every task queued once or held by one manager, counts adding up, tiers
+consistent) is checked at every step of every scenario, as Dask's tests call
+``WorkerState.validate_state``.  The two scale tests use a plain Scheduler (validating 100k managers
+after each of a thousand steps would be the test's whole cost) and validate once at the end.
+"""
+import functools
 import time
 
 import pytest
@@ -6,6 +14,24 @@ import pytest
 from faasx.executor.scheduling import Scheduler, TaskRecord
 
 FID = b"f" * 16
+
+
+class CheckedScheduler(Scheduler):
+    """A Scheduler that validates its invariants after every public call."""
+
+
+def _validated(method):
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        out = method(self, *args, **kwargs)
+        self.validate()
+        return out
+    return call
+
+
+for _name in ("submit", "cancel", "register_manager", "set_capacity", "set_warm", "deactivate", "remove_manager",
+              "expired", "touch", "complete", "worker_lost", "unroutable", "dispatch"):
+    setattr(CheckedScheduler, _name, _validated(getattr(Scheduler, _name)))
 
 
 def tasks(ids, spec=None):
@@ -17,7 +43,7 @@ def held_by(sched):
 
 
 def test_dispatch_respects_capacity_and_fills_idle_workers_first():
-    s = Scheduler()
+    s = CheckedScheduler()
     s.register_manager(b"m1", "0", workers=2, capacity=4, info={}, now=0)
     s.register_manager(b"m2", "1", workers=2, capacity=4, info={}, now=0)
     s.submit(tasks(range(4)))
@@ -32,7 +58,7 @@ def test_dispatch_respects_capacity_and_fills_idle_workers_first():
 
 
 def test_long_task_burst_spreads_over_all_managers():
-    s = Scheduler()
+    s = CheckedScheduler()
     for i in range(3):
         s.register_manager(b"m%d" % i, str(i), workers=2, capacity=100, info={}, now=0)
     s.submit(tasks(range(6)))
@@ -41,7 +67,7 @@ def test_long_task_burst_spreads_over_all_managers():
 
 
 def test_result_only_accepted_from_owner_and_never_twice():
-    s = Scheduler()
+    s = CheckedScheduler()
     s.register_manager(b"a", "0", 1, 1, {}, 0)
     s.register_manager(b"b", "1", 1, 1, {}, 0)
     s.submit(tasks([7]))
@@ -54,7 +80,7 @@ def test_result_only_accepted_from_owner_and_never_twice():
 
 
 def test_manager_loss_redispatches_its_tasks_to_the_front():
-    s = Scheduler(max_retries=1)
+    s = CheckedScheduler(max_retries=1)
     s.register_manager(b"a", "0", 2, 2, {}, 0)
     s.submit(tasks([1, 2, 3, 4]))
     s.dispatch()
@@ -67,7 +93,7 @@ def test_manager_loss_redispatches_its_tasks_to_the_front():
 
 
 def test_retries_exhausted_fail_the_task():
-    s = Scheduler(max_retries=1)
+    s = CheckedScheduler(max_retries=1)
     s.submit(tasks([1]))
     for i in range(2):
         s.register_manager(b"m%d" % i, "0", 1, 1, {}, 0)
@@ -77,8 +103,8 @@ def test_retries_exhausted_fail_the_task():
     assert 1 not in s.tasks and s.queued == 0
 
 
-def test_worker_lost_requeues_then_fails():
-    s = Scheduler(max_retries=0)
+def test_worker_lost_with_no_retries_left_fails_the_task_once():
+    s = CheckedScheduler(max_retries=0)
     s.register_manager(b"a", "0", 1, 1, {}, 0)
     s.submit(tasks([1]))
     s.dispatch()
@@ -87,8 +113,8 @@ def test_worker_lost_requeues_then_fails():
     assert s.worker_lost(b"a", 1, 1) == (None, False)    # already gone
 
 
-def test_cancel_only_affects_queued_tasks():
-    s = Scheduler()
+def test_cancel_drops_queued_tasks_but_not_dispatched_ones():
+    s = CheckedScheduler()
     s.register_manager(b"a", "0", 1, 1, {}, 0)
     s.submit(tasks([1, 2, 3]))
     s.dispatch()                                    # task 1 is at the manager
@@ -97,15 +123,15 @@ def test_cancel_only_affects_queued_tasks():
     assert [r.tid for r in batch] == [3]
 
 
-def test_duplicate_task_ids_are_refused():
-    s = Scheduler()
+def test_a_task_id_submitted_twice_is_refused_the_second_time():
+    s = CheckedScheduler()
     assert s.submit(tasks([1])) == []
     dup = s.submit(tasks([1]))
     assert [r.tid for r in dup] == [1] and s.queued == 1
 
 
 def test_priority_lower_value_runs_first_then_unprioritised_fifo_as_in_htex():
-    s = Scheduler()
+    s = CheckedScheduler()
     s.submit(tasks([1, 2]))
     s.submit(tasks([3], {"priority": 10}))
     s.submit(tasks([4], {"priority": -5}))
@@ -116,7 +142,7 @@ def test_priority_lower_value_runs_first_then_unprioritised_fifo_as_in_htex():
 
 
 def test_drained_manager_gets_nothing_more():
-    s = Scheduler()
+    s = CheckedScheduler()
     s.register_manager(b"a", "0", 2, 2, {}, 0)
     s.deactivate(b"a")
     s.submit(tasks([1]))
@@ -124,7 +150,7 @@ def test_drained_manager_gets_nothing_more():
 
 
 def test_gpu_tasks_only_go_to_managers_with_accelerators():
-    s = Scheduler()
+    s = CheckedScheduler()
     s.register_manager(b"cpu", "0", 4, 4, {}, 0)
     s.register_manager(b"gpu", "1", 1, 1, {"accelerators": ["0"]}, 0)
     s.submit(tasks([1, 2], {"gpus": 1}))
@@ -134,7 +160,7 @@ def test_gpu_tasks_only_go_to_managers_with_accelerators():
 
 
 def test_container_tasks_prefer_warm_managers():
-    s = Scheduler()
+    s = CheckedScheduler()
     s.register_manager(b"cold", "0", 2, 2, {"containers": True}, 0)
     s.register_manager(b"warm", "1", 2, 2, {"containers": True}, 0)
     s.register_manager(b"none", "2", 2, 2, {}, 0)
@@ -144,16 +170,16 @@ def test_container_tasks_prefer_warm_managers():
     assert m.mid == b"warm"
 
 
-def test_expired_managers_are_reported():
-    s = Scheduler()
+def test_managers_silent_past_the_threshold_are_expired():
+    s = CheckedScheduler()
     s.register_manager(b"a", "0", 1, 1, {}, 0)
     s.register_manager(b"b", "0", 1, 1, {}, 0)
     s.touch(b"b", 9)
     assert s.expired(10, 5) == [b"a"]
 
 
-def test_capacity_update_changes_prefetch():
-    s = Scheduler()
+def test_a_raised_capacity_lets_a_manager_prefetch_more():
+    s = CheckedScheduler()
     s.register_manager(b"a", "0", 1, 1, {}, 0)
     s.submit(tasks(range(10)))
     s.dispatch()
@@ -163,8 +189,8 @@ def test_capacity_update_changes_prefetch():
     assert len(s.managers[b"a"].tasks) == 5
 
 
-def test_register_twice_is_an_error():
-    s = Scheduler()
+def test_registering_a_manager_id_twice_is_refused():
+    s = CheckedScheduler()
     s.register_manager(b"a", "0", 1, 1, {}, 0)
     with pytest.raises(ValueError):
         s.register_manager(b"a", "0", 1, 1, {}, 0)
@@ -183,6 +209,7 @@ def test_dispatch_cost_does_not_grow_with_idle_managers():
     for _ in range(100):
         out = s.dispatch()
     elapsed = time.perf_counter() - t0
+    s.validate()
     assert [m.mid for m, _ in out] in ([], ) or out == []
     assert s.managers[b"m5"].tasks == {10**9}
     assert elapsed < 0.05, f"100 dispatches over 100k full managers took {elapsed:.3f}s"
@@ -199,13 +226,14 @@ def test_dispatch_cost_does_not_grow_with_many_idle_managers():
         (m, batch), = s.dispatch()
         assert s.complete(m.mid, tid, 1) is not None
     elapsed = time.perf_counter() - t0
+    s.validate()
     assert elapsed < 0.5, f"1000 single-task dispatches over 100k idle managers took {elapsed:.3f}s"
     used = {m for m in s.managers.values() if m.idle_since == 1}
     assert len(used) == 1000          # rotation: a different manager each time
 
 
 def test_tasks_no_manager_can_run_are_given_up_after_a_grace_period():
-    s = Scheduler()
+    s = CheckedScheduler()
     s.submit(tasks([1, 2], {"gpus": 1}))
     assert s.unroutable(100, 5) == []              # no manager yet: blocks may still be starting
     s.register_manager(b"cpu", "0", 2, 2, {}, 100)
@@ -217,8 +245,117 @@ def test_tasks_no_manager_can_run_are_given_up_after_a_grace_period():
 
 
 def test_a_capable_manager_keeps_keyed_tasks_waiting():
-    s = Scheduler()
+    s = CheckedScheduler()
     s.register_manager(b"gpu", "0", 1, 1, {"accelerators": ["0"]}, 0)
     s.submit(tasks([1, 2], {"gpus": 1}))
     s.dispatch()                                   # one runs, one waits for the busy GPU manager
     assert s.unroutable(1000, 5) == [] and s.queued == 1
+
+
+# ---- validate() itself: each invariant it guards, broken on purpose ----------------------------------
+def _busy_scheduler():
+    s = CheckedScheduler()
+    s.register_manager(b"a", "0", 1, 2, {}, 0)
+    s.register_manager(b"b", "1", 1, 2, {}, 0)
+    s.submit(tasks(range(6)))
+    s.dispatch()                                   # a and b hold two each, two stay queued
+    return s
+
+
+def _hold_elsewhere(s):
+    tid = next(iter(s.managers[b"a"].tasks))
+    s.managers[b"b"].tasks.add(tid)
+
+
+def _orphan(s):
+    tid = next(iter(s.managers[b"a"].tasks))
+    s.managers[b"a"].tasks.discard(tid)
+
+
+def _queue_held_task(s):
+    tid = next(iter(s.managers[b"a"].tasks))
+    s.queues[None].fifo.append(s.tasks[tid])
+    s.queues[None].live += 1
+
+
+def _miscount_queue(s):
+    s.queues[None].live += 1
+
+
+def _forget_queued_task(s):
+    del s.tasks[s.queues[None].fifo[0].tid]
+
+
+def _wrong_tier(s):
+    s._idle[b"a"] = s.managers[b"a"]
+
+
+def _shrink_capacity(s):
+    s.managers[b"a"].capacity = 0
+
+
+def _lose_idle_since(s):
+    s.managers[b"a"].idle_since = 5.0
+
+
+@pytest.mark.parametrize("corrupt", [_hold_elsewhere, _orphan, _queue_held_task, _miscount_queue,
+                                     _forget_queued_task, _wrong_tier, _shrink_capacity, _lose_idle_since])
+def test_validate_detects_each_broken_invariant(corrupt):
+    s = _busy_scheduler()
+    s.validate()
+    corrupt(s)
+    with pytest.raises(AssertionError, match="Scheduler invariant broken"):
+        s.validate()
+
+
+# ---- random event sequences: the invariant holds whatever the order ---------------------------
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+
+_submit = st.tuples(st.just("submit"), st.integers(0, 15), st.sampled_from([None, {"priority": 1}, {"gpus": 1}]))
+_dispatch = st.tuples(st.just("dispatch"))
+_event = st.one_of(     # submit and dispatch listed twice: drawn more often, so that managers hold tasks
+    _submit, _submit, _dispatch, _dispatch,
+    st.tuples(st.just("register"), st.integers(0, 2), st.integers(1, 3)),
+    st.tuples(st.just("complete"), st.integers(0, 2), st.integers(0, 15)),
+    st.tuples(st.just("worker_lost"), st.integers(0, 2), st.integers(0, 15)),
+    st.tuples(st.just("remove"), st.integers(0, 2)),
+    st.tuples(st.just("cancel"), st.integers(0, 15)),
+    st.tuples(st.just("capacity"), st.integers(0, 2), st.integers(0, 6)),
+    st.tuples(st.just("deactivate"), st.integers(0, 2)),
+    st.tuples(st.just("unroutable"), st.integers(0, 20)),
+)
+
+
+def _apply(s, event, now):
+    op, *a = event
+    if op == "submit":
+        s.submit(tasks([a[0]], a[1]))
+    elif op == "register" and b"m%d" % a[0] not in s.managers:
+        s.register_manager(b"m%d" % a[0], "0", a[1], a[1] + 1, {"accelerators": ["0"]} if a[0] != 1 else {}, now)
+    elif op == "dispatch":
+        s.dispatch()
+    elif op in ("complete", "worker_lost"):
+        m = s.managers.get(b"m%d" % a[0])
+        held = sorted(m.tasks) if m is not None else []
+        # mostly a task the manager holds (the interesting case), sometimes one it does not
+        tid = held[a[1] % len(held)] if held and a[1] % 4 else a[1]
+        getattr(s, op)(b"m%d" % a[0], tid, now)
+    elif op == "remove":
+        s.remove_manager(b"m%d" % a[0], now)
+    elif op == "cancel":
+        s.cancel([a[0]])
+    elif op == "capacity":
+        s.set_capacity(b"m%d" % a[0], a[1])
+    elif op == "deactivate":
+        s.deactivate(b"m%d" % a[0])
+    elif op == "unroutable":
+        s.unroutable(now, a[0])
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(st.lists(_event, min_size=10, max_size=80))
+def test_every_sequence_of_events_keeps_each_task_in_one_place(events):
+    s = CheckedScheduler(max_retries=1)
+    for now, event in enumerate(events):
+        _apply(s, event, float(now))       # CheckedScheduler validates after each call
