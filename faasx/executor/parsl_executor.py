@@ -6,6 +6,7 @@ import math
 import os
 import secrets
 import shlex
+import sys
 import threading
 from concurrent.futures import Future
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -22,6 +23,7 @@ from faasx.executor import affinity
 from faasx.executor import protocol as P
 from faasx.executor.client import EngineClient, TaskFuture
 from faasx.executor.memo import MemoStore, memo_key
+from faasx.executor.processes import manager_program
 from faasx.executor.registry import FunctionRegistry
 from faasx.executor.serialization import deserialize, serialize
 
@@ -317,8 +319,10 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
                           ipc: Optional[str] = None) -> str:
         if self.launch_cmd is not None:
             return self.launch_cmd
+        from faasx.providers import LocalProvider as FaaSXLocal
+        from parsl.providers import LocalProvider as ParslLocal
         opts = [
-            "faasx-manager",
+            *manager_program(on_this_host=isinstance(self.provider, (FaaSXLocal, ParslLocal))),
             "--addresses", ",".join(addresses), "--port", str(port), "--block-id", "{block_id}",
             "--token", self._token, "--logdir", self.worker_logdir,
             "--cores-per-worker", repr(float(self.cores_per_worker)),
@@ -551,9 +555,18 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
                     detail = f" The job's stderr ends with:\n{stderr}"
                 st.state = JobState.MISSING
                 st.message = (f"block {block_id} ended without its manager ever connecting to the interchange: "
-                              "check worker_init (is faasx installed and on PATH in the job?) and the address."
+                              f"{self._interpreter_hint()} Check the address too."
                               + (st.message and f" Scheduler: {st.message}." or "") + detail)
         return job_status
+
+    def _interpreter_hint(self) -> str:
+        """Which Python the block's manager runs under, for errors about blocks that never connected."""
+        if self._launch_template.startswith("faasx-manager "):
+            init = getattr(self.provider, "worker_init", "")
+            return (f"the job runs `faasx-manager` from its PATH after worker_init ({init!r}): make worker_init "
+                    "activate an environment with faasx and the client's Python "
+                    f"{sys.version_info[0]}.{sys.version_info[1]} (the client runs {sys.executable}).")
+        return f"the job runs the manager with {shlex.split(self._launch_template)[0]}."
 
     # ---- shutdown ----------------------------------------------------------------------------
     def shutdown(self, timeout: float = 10.0) -> None:

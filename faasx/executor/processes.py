@@ -29,6 +29,20 @@ def command(role: str, module: str) -> List[str]:
     return [sys.executable, "-c", boot, role]
 
 
+def manager_program(on_this_host: bool) -> List[str]:
+    """The program part of a block's launch command.
+
+    A block on this host (a ``LocalProvider`` block) runs the manager under the client's own
+    interpreter, so ``/path/to/venv/bin/python script.py`` works without an activated venv (the same
+    as ``ProcessPoolExecutor``).  A batch job runs on another node, where this interpreter's path may
+    not exist: there the job's ``PATH`` after ``worker_init`` chooses it, through the
+    ``faasx-manager`` console script of the environment ``worker_init`` activates.
+    """
+    if on_this_host:
+        return command("faasx-manager", "faasx.executor.manager")
+    return ["faasx-manager"]
+
+
 def set_process_name(role: str) -> None:
     if _libc is not None and sys.platform.startswith("linux"):
         _libc.prctl(_PR_SET_NAME, role.encode()[:15], 0, 0, 0)

@@ -142,9 +142,32 @@ def deserialize_exception(payload: bytes) -> BaseException:
         return RemoteExceptionError("<unknown>", f"the remote exception could not be deserialized: {e!r}", "")
     if isinstance(exc, BaseException):
         try:
-            exc.add_note(f"\nRemote traceback (faasx worker{where}):\n{tb_text.rstrip()}")
             exc.remote_traceback = tb_text  # type: ignore[attr-defined]
+            _attach_note(exc, f"\nRemote traceback (faasx worker{where}):\n{tb_text.rstrip()}")
         except Exception:
             pass
         return exc
     return RemoteExceptionError(type(exc).__name__, repr(exc), tb_text)
+
+
+class _RemoteTraceback(Exception):
+    """Shown as the cause of a remote exception on Python 3.10, which has no exception notes (the
+    same device as ``concurrent.futures.process._RemoteTraceback``)."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _attach_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)``; on 3.10 the same ``__notes__`` list, and the note as the exception's
+    cause so that a printed traceback still shows it."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+        return
+    exc.__notes__ = list(getattr(exc, "__notes__", ())) + [note]  # type: ignore[attr-defined]
+    if exc.__cause__ is None:
+        exc.__cause__ = _RemoteTraceback(note)

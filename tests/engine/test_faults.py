@@ -1,5 +1,6 @@
 """Faults injected for real: killed workers, killed managers, a killed interchange, foreign managers."""
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -126,7 +127,8 @@ def test_version_mismatch_is_a_clear_error_and_the_interchange_survives(run_dir)
                         **FAST_HEARTBEATS) as ex:
         fut = ex.submit(pow, 2, 3)
         cmd = ex.executor._get_launch_command("old")
-        argv = cmd.split()[1:]
+        argv = shlex.split(cmd)
+        argv = argv[argv.index("faasx-manager") + 1:]
         # a manager from an older faasx: same code, but it reports another version
         boot = ("import sys; import faasx.executor.protocol as p; p.VERSION = '0.0.1'; "
                 "from faasx.executor.manager import main; sys.exit(main(sys.argv[1:]))")
