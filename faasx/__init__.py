@@ -9,7 +9,7 @@ Names are imported lazily: compute-node processes import ``faasx`` too and must 
 """
 from faasx.version import VERSION as __version__
 
-__all__ = ["Executor", "FaaSExecutor", "__version__"]
+__all__ = ["Executor", "FaaSExecutor", "MPIExecutor", "__version__"]
 
 
 def __getattr__(name: str):
@@ -19,7 +19,10 @@ def __getattr__(name: str):
     if name == "FaaSExecutor":
         from faasx.executor.parsl_executor import FaaSExecutor
         return FaaSExecutor
-    if name in ("providers", "launchers", "errors", "configs"):
+    if name == "MPIExecutor":
+        from faasx.executor.mpi_executor import MPIExecutor
+        return MPIExecutor
+    if name in ("providers", "launchers", "errors", "configs", "mpi"):
         import importlib
         return importlib.import_module(f"faasx.{name}")
     raise AttributeError(f"module 'faasx' has no attribute {name!r}")

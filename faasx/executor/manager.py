@@ -87,7 +87,7 @@ class Manager(ContainerWorkers):
         original = affinity.allowed_cpus()
         self.n_workers = worker_count(args.max_workers_per_node, args.cores_per_worker, args.mem_per_worker,
                                       self.accelerators, cores=len(original))
-        self.table = WorkerTable(args.prefetch_capacity)
+        self.table = WorkerTable(args.prefetch_capacity) if not args.mpi_launcher else self._mpi_table(args)
         self.procs: Dict[int, subprocess.Popen] = {}
         self.restarts: Dict[int, int] = {}
         self.next_wid = 0
@@ -141,6 +141,14 @@ class Manager(ContainerWorkers):
         self.retiring: Dict[int, tuple] = {}              # wid -> (process, kill deadline)
         self.sock_dir: Optional[str] = None
         self.advertised_warm: List[str] = []
+
+    def _mpi_table(self, args: argparse.Namespace) -> WorkerTable:
+        """MPI mode (``faasx.MPIExecutor``): this block's nodes are a pool; a task waits for its nodes."""
+        from faasx.executor.mpi import MpiWorkerTable, block_nodes
+        nodes = block_nodes()
+        logger.info("MPI mode (%s): %d node(s) %s, %d task(s) at once", args.mpi_launcher, len(nodes),
+                    ",".join(nodes), self.n_workers)
+        return MpiWorkerTable(args.mpi_launcher, nodes, self.n_workers, args.prefetch_capacity)
 
     def _drain_deadline(self) -> float:
         deadlines = []
@@ -691,6 +699,8 @@ def main(argv=None) -> int:
     parser.add_argument("--engine-cpu", type=int, default=None,
                         help="pin this manager and its ZeroMQ threads to this CPU (or, where it is not "
                              "allowed, the highest allowed one); workers keep the manager's original CPUs")
+    parser.add_argument("--mpi-launcher", choices=("mpiexec", "srun", "aprun"), default=None,
+                        help="MPI mode: one manager per block whose tasks take whole nodes of it (faasx.executor.mpi)")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     set_process_name("faasx-manager")

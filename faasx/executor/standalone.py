@@ -49,17 +49,25 @@ class Executor(concurrent.futures.Executor):
         Every ``FaaSExecutor`` option: ``max_workers_per_node``, ``cores_per_worker``,
         ``mem_per_worker``, ``available_accelerators``, ``prefetch_capacity``, ``heartbeat_period``,
         ``heartbeat_threshold``, ``max_retries_on_system_failure``, ``address``, ``encrypted``,
-        ``working_dir``, ``max_payload_size`` ...
+        ``working_dir``, ``max_payload_size`` ...  With ``mpi_launcher=`` ("mpiexec", "srun" or
+        "aprun") the engine is a ``faasx.MPIExecutor`` and takes its options too
+        (``max_workers_per_block``): run MPI applications with ``faasx.mpi.MPIFunction``.
     """
 
     def __init__(self, provider: Any = None, *, label: str = "faasx", run_dir: Optional[str] = None,
                  strategy: Optional[str] = "simple", strategy_period: float = 1.0, max_idletime: float = 120.0,
                  **options: Any):
+        mpi = "mpi_launcher" in options      # MPI mode: the engine is an MPIExecutor (faasx.mpi)
         if provider is None:
             from faasx.providers import LocalProvider
-            provider = LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1)
+            from faasx.launchers import SimpleLauncher
+            provider = LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1,
+                                     **({"launcher": SimpleLauncher()} if mpi else {}))
         self.run_dir = os.path.abspath(run_dir or _default_run_dir())
-        self.executor = FaaSExecutor(label=label, provider=provider, **options)
+        engine = FaaSExecutor
+        if mpi:
+            from faasx.executor.mpi_executor import MPIExecutor as engine
+        self.executor = engine(label=label, provider=provider, **options)
         self.executor.run_dir = self.run_dir
         os.makedirs(self.executor.logdir, exist_ok=True)
         self._log_handler = logging.FileHandler(os.path.join(self.executor.logdir, "client.log"))

@@ -32,6 +32,7 @@ from faasx.errors import FunctionExited, PayloadTooLarge, SerializationError
 from faasx.executor import affinity
 from faasx.executor import protocol as P
 from faasx.executor.channel import Channel, ChannelClosed, ChannelError
+from faasx.executor.mpi import run_in_environment
 from faasx.executor.processes import die_with_parent, set_process_name
 from faasx.executor.serialization import (deserialize, deserialize_function, serialize,
                                           serialize_exception)
@@ -100,7 +101,9 @@ class Worker:
         for i, (tid, fid, kind, spec) in enumerate(records):
             if self.debug:
                 logger.debug("task %d: start", tid)
-            if spec and ("cores" in spec or "memory" in spec):
+            if spec and "mpi" in spec:   # MPI mode: PARSL_MPI_PREFIX & co. for this call (faasx.executor.mpi)
+                status, data = run_in_environment(spec["mpi"], lambda: self.execute(tid, fid, kind, payloads[i]))
+            elif spec and ("cores" in spec or "memory" in spec):
                 with task_limits(spec):
                     status, data = self.execute(tid, fid, kind, payloads[i])
             else:
