@@ -1,0 +1,112 @@
+"""MPI tasks across real nodes: the multi-node Slurm cluster (one slurmd per network namespace, each node
+its own host name and address), a 2-node block from ``SlurmProvider`` + ``SimpleLauncher``, and an
+MPICH ``MPI_Allreduce`` compiled in the test.  Through ``faasx.Executor`` (``MPIFunction``) and through
+Parsl (``@bash_app`` with ``$PARSL_MPI_PREFIX`` / ``$PARSL_SRUN_PREFIX``), as a Parsl user writes it.
+
+One block serves every test of a module (a Slurm block takes seconds to start); the tests leave it as
+they found it: every node free.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+import faasx
+from faasx.errors import InvalidResourceSpecification
+from faasx.launchers import SimpleLauncher
+from faasx.mpi import MPIFunction
+from faasx.providers import SlurmProvider
+
+pytestmark = pytest.mark.slurm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def ranks(stdout: str):
+    """[(rank, size, host, sum)] from the allreduce program's lines."""
+    return sorted((int(r), int(n), h, int(s))
+                  for r, n, h, s in re.findall(r"rank (\d+)/(\d+) host (\S+) sum (\d+)", stdout))
+
+
+def provider(cluster, mpich, nodes=2):
+    return SlurmProvider(partition=cluster.partition, nodes_per_block=nodes, exclusive=False, walltime="00:10:00",
+                         init_blocks=1, min_blocks=1, max_blocks=1, launcher=SimpleLauncher(),
+                         worker_init=f"export PATH={mpich.bin}:$PATH PYTHONPATH={ROOT}${{PYTHONPATH:+:$PYTHONPATH}}")
+
+
+@pytest.fixture(scope="module")
+def ex(multinode_slurm, mpich, tmp_path_factory):
+    with faasx.Executor(provider(multinode_slurm, mpich), address=multinode_slurm.host_address, encrypted=True,
+                        mpi_launcher="mpiexec", max_workers_per_block=2, max_retries_on_system_failure=0,
+                        heartbeat_period=1, heartbeat_threshold=10,
+                        run_dir=str(tmp_path_factory.mktemp("mpi_mn"))) as executor:
+        yield executor
+
+
+def test_allreduce_across_two_nodes_through_executor(ex, mpich):
+    r = ex.submit(MPIFunction(mpich.allreduce, num_nodes=2, ranks_per_node=2)).result(180)
+    assert r.returncode == 0, r.stderr
+    found = ranks(r.stdout)
+    assert [x[0] for x in found] == [0, 1, 2, 3] and all(x[1] == 4 and x[3] == 6 for x in found)
+    hosts = [x[2] for x in found]
+    assert len(set(hosts)) == 2, hosts                   # ranks on two distinct nodes, two on each
+    assert sorted(hosts.count(h) for h in set(hosts)) == [2, 2]
+
+
+def test_concurrent_one_node_tasks_pack_the_nodes(ex, mpich):
+    """Two 1-node tasks run at once, each on its own node; a 2-node task submitted with them waits for both."""
+    span = MPIFunction(f"sh -c 'echo start $(hostname) $(date +%s.%N); sleep 2; {mpich.allreduce}; "
+                       "echo end $(date +%s.%N)'", num_nodes=1, ranks_per_node=1)
+    wide = MPIFunction(f"sh -c 'echo start $(hostname) $(date +%s.%N); {mpich.allreduce}'", num_nodes=2,
+                       ranks_per_node=1)
+    futures = [ex.submit(span), ex.submit(span), ex.submit(wide)]
+    out = [f.result(180) for f in futures]
+    assert all(r.returncode == 0 for r in out), [r.stderr for r in out]
+    (host_a, start_a), (host_b, start_b) = [re.search(r"start (\S+) (\S+)", r.stdout).groups() for r in out[:2]]
+    end_a, end_b = [float(re.search(r"end (\S+)", r.stdout).group(1)) for r in out[:2]]
+    assert host_a != host_b                               # never the same node twice
+    assert float(start_b) < end_a and float(start_a) < end_b   # at the same time
+    wide_starts = [float(t) for t in re.findall(r"start \S+ (\S+)", out[2].stdout)]
+    assert len(wide_starts) == 2 and min(wide_starts) >= max(end_a, end_b) - 0.05
+    assert len({x[2] for x in ranks(out[2].stdout)}) == 2
+
+
+def test_oversize_request_fails_at_once(ex):
+    with pytest.raises(InvalidResourceSpecification, match="num_nodes=3"):
+        ex.submit(MPIFunction("true", num_nodes=3))
+
+
+# ---- through Parsl ---------------------------------------------------------------------------------
+def test_parsl_bash_app_runs_unchanged(multinode_slurm, mpich, tmp_path):
+    """A Parsl MPIExecutor config with the import changed: ``$PARSL_MPI_PREFIX`` and ``$PARSL_SRUN_PREFIX``.
+
+    (The block has one CPU per node -- ``exclusive=False``, one task per node -- so srun gets one rank per
+    node; hydra's mpiexec forks its ranks itself and is not bound by that.)"""
+    import parsl
+    from parsl import bash_app
+
+    @bash_app
+    def allreduce(exe, prefix="$PARSL_MPI_PREFIX", stdout=None, stderr=None, parsl_resource_specification={}):
+        return f"{prefix} {exe}"
+
+    config = parsl.Config(executors=[faasx.MPIExecutor(
+        label="mpi", provider=provider(multinode_slurm, mpich), address=multinode_slurm.host_address,
+        mpi_launcher="mpiexec", max_workers_per_block=2, heartbeat_period=1, heartbeat_threshold=10)],
+        run_dir=str(tmp_path / "runinfo"))
+    spec = {"num_nodes": 2, "ranks_per_node": 2}
+    with parsl.load(config):
+        by_mpiexec = allreduce(mpich.allreduce, stdout=str(tmp_path / "a.out"), stderr=str(tmp_path / "a.err"),
+                               parsl_resource_specification=spec)
+        by_srun = allreduce(mpich.allreduce, prefix="$PARSL_SRUN_PREFIX", stdout=str(tmp_path / "b.out"),
+                            stderr=str(tmp_path / "b.err"), parsl_resource_specification={"num_nodes": 2, "num_ranks": 2,
+                                                            "launcher_options": "--mpi=pmi2"})
+        assert by_mpiexec.result(180) == 0, (tmp_path / "a.err").read_text()
+        assert by_srun.result(180) == 0, (tmp_path / "b.err").read_text()
+    found = ranks((tmp_path / "a.out").read_text())
+    assert [x[0] for x in found] == [0, 1, 2, 3] and {x[3] for x in found} == {6}
+    assert len({x[2] for x in found}) == 2
+    found = ranks((tmp_path / "b.out").read_text())
+    assert [x[0] for x in found] == [0, 1] and {x[3] for x in found} == {1}
+    assert len({x[2] for x in found}) == 2
