@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # ci/test.sh -- the one command that runs faasx's whole test-suite on a fresh Debian machine:
 # installs the system packages (Slurm + munge + Slurm's Torque-style qsub, podman + runc, busybox,
-# iproute2) and the Python package with its test extras, starts the real single-node Slurm
+# iproute2, MPICH for the MPI tests) and the Python package with its test extras, starts the real single-node Slurm
 # cluster, runs pytest, and stops the cluster again whatever happened.
 #
-# Components the tests need are REQUIRED here: a missing Slurm, podman or network-namespace
+# Components the tests need are REQUIRED here: a missing Slurm, podman, MPICH or network-namespace
 # support fails the run instead of skipping tests (FAASX_REQUIRE_*=1).
 # Without arguments: the full suite under $PYTHON (default python3), then the fast part (tests/unit,
 # tests/engine, tests/parsl) under each other Python version in FAASX_OTHER_VERSIONS (default
@@ -21,7 +21,7 @@ export DEBIAN_FRONTEND=noninteractive
 as_root apt-get update -q >/dev/null
 as_root apt-get install -y -q --no-install-recommends \
     slurmctld slurmd slurm-client munge slurm-wlm-torque \
-    podman runc busybox-static iproute2 procps >/dev/null
+    podman runc busybox-static iproute2 procps mpich libmpich-dev >/dev/null
 
 echo "== python packages"
 PY=${PYTHON:-python3}
@@ -58,7 +58,7 @@ trap 'bash "$ROOT/ci/stop-slurm.sh"' EXIT
 # shellcheck disable=SC1091
 source "$SLURM_CI_DIR/env.sh"
 
-export FAASX_REQUIRE_SLURM=1 FAASX_REQUIRE_PODMAN=1 FAASX_REQUIRE_NETNS=1
+export FAASX_REQUIRE_SLURM=1 FAASX_REQUIRE_PODMAN=1 FAASX_REQUIRE_NETNS=1 FAASX_REQUIRE_MPI=1
 summary=()
 run_suite() {   # run_suite NAME PYTHON PYTEST-ARGS...: one timed pytest run; its exit code in $rc
     local name=$1 python=$2 start
