@@ -52,6 +52,8 @@ class ShellResult:
 
 
 def _tail(text: str, lines: int) -> str:
+    if lines <= 0:
+        return ""
     return "\n".join(text.splitlines()[-lines:]) + ("\n" if text.endswith("\n") and lines else "")
 
 

@@ -12,6 +12,7 @@ EXPECTED = {
     "registered_and_batched.py": "grid minimum 0.000 at (1.0, 1.0)",
     "memoization.py": "'hits': 4",
     "accelerators.py": "GPU task ran with device",
+    "mpi.py": "Parsl bash_app: allreduce sum over 4 ranks = 6",
 }
 
 

@@ -24,6 +24,9 @@ Sites (function: scheduler, launcher, per node):
 - ``pbs_cluster``: PBS Pro or Torque, ``SingleNodeLauncher`` / ``MpiExecLauncher``; what you give
 - ``kubernetes``: one pod per block; ``cpu``, ``memory``, ``gpus`` per pod
 
+MPI mode (``faasx.MPIExecutor``: tasks take whole nodes and start MPI applications with
+``$PARSL_MPI_PREFIX``): ``mpi_config(site, ...)`` and ``mpi_executor_kwargs(site, ...)`` (``faasx.configs.mpi``).
+
 Every ``<name>(...)`` returns a ``parsl.Config`` with one ``faasx.FaaSExecutor``; every
 ``<name>_executor_kwargs(...)`` returns that executor's keyword arguments (``provider`` included), for
 ``faasx.Executor(**kwargs)`` or ``FaaSExecutor(label=..., **kwargs)``; ``executor_kwargs(site, ...)`` and
@@ -65,13 +68,14 @@ from faasx.configs.generic import (kubernetes, kubernetes_executor_kwargs, pbs_c
 from faasx.configs.nersc import perlmutter, perlmutter_executor_kwargs
 from faasx.configs.olcf import frontier, frontier_executor_kwargs
 from faasx.configs.site import SiteConfigError
+from faasx.configs.mpi import mpi_config, mpi_executor_kwargs
 
 __all__ = [
     "SITES", "executor_kwargs", "config", "SiteConfigError",
     "polaris", "polaris_executor_kwargs", "aurora", "aurora_executor_kwargs", "theta", "theta_executor_kwargs",
     "perlmutter", "perlmutter_executor_kwargs", "frontier", "frontier_executor_kwargs",
     "slurm_cluster", "slurm_cluster_executor_kwargs", "pbs_cluster", "pbs_cluster_executor_kwargs",
-    "kubernetes", "kubernetes_executor_kwargs",
+    "kubernetes", "kubernetes_executor_kwargs", "mpi_executor_kwargs", "mpi_config",
 ]
 
 #: site name -> (executor kwargs function, parsl.Config function)

@@ -51,6 +51,9 @@ Moving parts, one module each:
 ``registry``       registered functions (submit by id).
 ``parsl_executor`` ``FaaSExecutor``, the Parsl ``BlockProviderExecutor``.
 ``standalone``     ``faasx.Executor``, the ``concurrent.futures.Executor`` around it.
+``mpi``            MPI mode's pure core: resource keys, ``PARSL_*_PREFIX`` builders, the block's nodes,
+                   ``MpiWorkerTable`` (the manager's table when tasks take whole nodes of a shared pool).
+``mpi_executor``   ``MPIExecutor``: ``FaaSExecutor`` in MPI mode (one manager per block), Parsl's signature.
 
 Reliability in one paragraph: the interchange records which manager owns each task and accepts a
 result only from the owner.  A worker that dies is reported by its manager (WORKER_LOST); a manager
@@ -60,6 +63,6 @@ front of the queue until ``max_retries_on_system_failure`` is spent, then fail w
 interchange exits when the client process is gone, and the client fails every pending future with
 ``InterchangeLost`` when the interchange dies.
 
-Only ``parsl_executor`` and ``standalone`` import Parsl; everything that runs on compute nodes stays
+Only ``parsl_executor``, ``mpi_executor`` and ``standalone`` import Parsl; everything that runs on compute nodes stays
 light so a manager and its workers start in a fraction of a second.
 """

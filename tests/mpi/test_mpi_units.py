@@ -210,3 +210,24 @@ def test_a_placement_error_becomes_the_task_exception():
     assert status == P.EXCEPTION
     exc = deserialize_exception(data)
     assert isinstance(exc, MPIPlacementError) and "num_nodes=3" in str(exc)
+
+
+# ---- ShellFunction, called directly -------------------------------------------------------------
+def test_shell_function_walltime_kills_the_command_and_keeps_its_output():
+    import time
+
+    from faasx.mpi import ShellFunction
+    t0 = time.monotonic()
+    r = ShellFunction("echo begun; sleep 30 & wait", walltime=0.5)()
+    assert time.monotonic() - t0 < 10
+    assert r.returncode == 124 and r.stdout == "begun\n"
+
+
+def test_shell_function_keeps_the_last_lines_and_quotes_arguments():
+    from faasx.mpi import MPIFunction, ShellFunction
+    r = ShellFunction("seq 1 10; echo {arg}", snippet_lines=2)(arg="$HOME; rm -rf /")
+    assert r.returncode == 0 and r.stdout == "10\n$HOME; rm -rf /\n"
+    with pytest.raises(RuntimeError, match="PARSL_MPI_PREFIX is not set"):
+        MPIFunction("true")()
+    assert MPIFunction("./a", num_nodes=2, ranks_per_node=3).resource_specification == {"num_nodes": 2,
+                                                                                         "ranks_per_node": 3}
