@@ -17,8 +17,11 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+try:
+    from benchmarks import common
+except ImportError:  # run as a script: python benchmarks/bench_memo.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks import common
 
 
 def noop(x):
