@@ -8,9 +8,9 @@ from __future__ import annotations
 from benchmarks.harness.child import (SETTINGS, TAG_ENV, add_common_args, child_main, child_tmpdir,  # noqa: F401
                                       parse_common, run_child, tagged_processes)
 from benchmarks.harness.load import BUSY_CPU_PERCENT, machine_load, wait_for_quiet  # noqa: F401
-from benchmarks.harness.peers import (make_faas_executor, make_htex, parsl_cleanup, parsl_load,  # noqa: F401
+from benchmarks.harness.peers import (System, make_faas_executor, make_htex, parsl_cleanup, parsl_load,  # noqa: F401
                                       wait_all)
-from benchmarks.harness.procs import cpu_delta, process_roles, tree_cpu, tree_rss  # noqa: F401
+from benchmarks.harness.procs import RssPeak, cpu_delta, process_roles, tree_cpu, tree_rss  # noqa: F401
 from benchmarks.harness.report import (BENCH_DIR, REPO_ROOT, RESULTS_DIR, busy_note, finish, fmt_mib,  # noqa: F401
                                        fmt_ms, fmt_rate, fmt_ratio, fmt_s, fmt_us, machine_info, print_table,
                                        write_results)

@@ -17,9 +17,20 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("bench_engine.py", ["--systems", "faasx,htex"], "throughput"),
     ("bench_dfk.py", [], "tasks/s"),
     ("bench_memo.py", [], "memo hit"),
+    ("bench_mixed.py", ["--systems", "faasx,processpool"], "makespan/bound"),
+    ("bench_scale.py", [], "all registered"),
 ])
 def test_benchmark_smoke_run(script, args, expect, tmp_path):
     out = subprocess.run([sys.executable, os.path.join(BENCH, script), "--quick", "--no-save", *args],
                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
     assert expect in out.stdout and "STRAY" not in out.stdout, out.stdout[-3000:]
+
+
+def test_bench_arrays_smoke_run(tmp_path):
+    """bench_arrays needs numpy (the 'bench' extra); Ray is left out here: it is the peer, not the engine."""
+    pytest.importorskip("numpy")
+    out = subprocess.run([sys.executable, os.path.join(BENCH, "bench_arrays.py"), "--quick", "--no-save",
+                          "--systems", "faasx,floor"], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
+    assert "copies held" in out.stdout and "socketpair" in out.stdout and "STRAY" not in out.stdout, out.stdout[-3000:]

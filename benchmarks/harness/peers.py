@@ -45,3 +45,39 @@ def wait_all(futures, timeout: float):
     if not_done:
         raise TimeoutError(f"{len(not_done)} of {len(futures)} futures still pending after {timeout:.0f}s")
     return done
+
+
+class System:
+    """One system under test behind one calling convention: ``submit(fn, *args) -> Future``, ``close()``.
+
+    ``faasx`` is ``faasx.Executor``; ``faasx-parsl`` and ``htex`` are loaded with ``parsl.load`` (so the
+    block is provisioned as Parsl does it) and called directly (``executor.submit(fn, {}, *args)``);
+    ``processpool`` is ``concurrent.futures.ProcessPoolExecutor`` (the contract faasx.Executor follows).
+    """
+
+    NAMES = {"faasx": "faasx.Executor", "faasx-parsl": "faasx.FaaSExecutor", "htex": "Parsl HTEX",
+             "processpool": "ProcessPoolExecutor"}
+
+    def __init__(self, name: str, workers: int = 2, **options):
+        self.name = name
+        self._parsl = name in ("faasx-parsl", "htex")
+        if name == "faasx":
+            import faasx
+            self._ex = faasx.Executor(max_workers_per_node=workers, **options)
+        elif name == "processpool":
+            import concurrent.futures as cf
+            self._ex = cf.ProcessPoolExecutor(max_workers=workers)
+        elif self._parsl:
+            self._ex = make_faas_executor(workers, **options) if name == "faasx-parsl" else make_htex(workers, **options)
+            parsl_load(self._ex)
+        else:
+            raise ValueError(f"unknown system {name!r}; one of {', '.join(self.NAMES)}")
+
+    def submit(self, fn, *args):
+        return self._ex.submit(fn, {}, *args) if self._parsl else self._ex.submit(fn, *args)
+
+    def close(self) -> None:
+        if self._parsl:
+            parsl_cleanup()
+        else:
+            self._ex.shutdown(wait=True)

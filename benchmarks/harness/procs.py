@@ -97,3 +97,51 @@ def cpu_delta(before: dict, after: dict, per: int) -> dict:
     out = {k: v for k, v in out.items() if v > 0.05}
     out["total"] = sum(out.values())
     return out
+
+
+class RssPeak:
+    """Samples the RSS of this process and all it started, by role, in a daemon thread, and keeps the
+    sample with the highest total: ``peak_total`` and ``peak_by_role`` (bytes).
+
+    The process list is taken once, at ``__enter__`` (after warm-up, when every process is up), so a
+    sample costs one ``memory_info()`` per process.  The sampler thread owns the peak fields while it
+    runs; read them after ``__exit__``."""
+
+    def __init__(self, interval: float = 0.02):
+        import threading
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-peak", daemon=True)
+        self._procs: list = []
+        self.peak_total = 0
+        self.peak_by_role: dict = {}
+
+    def sample(self) -> dict:
+        import psutil
+        out: dict = {}
+        for role, p in self._procs:
+            try:
+                out[role] = out.get(role, 0) + p.memory_info().rss
+            except psutil.Error:
+                pass
+        return out
+
+    def _record(self) -> None:
+        s = self.sample()
+        if sum(s.values()) > self.peak_total:
+            self.peak_total, self.peak_by_role = sum(s.values()), s
+
+    def _run(self):
+        while not self._stop.wait(self._interval):
+            self._record()
+
+    def __enter__(self):
+        self._procs = process_roles()
+        self._record()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._record()
