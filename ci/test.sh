@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # ci/test.sh -- the one command that runs faasx's whole test-suite on a fresh Debian machine:
 # installs the system packages (Slurm + munge + Slurm's Torque-style qsub, podman + runc, busybox,
-# iproute2, MPICH for the MPI tests) and the Python package with its test extras, starts the real single-node Slurm
-# cluster, runs pytest, and stops the cluster again whatever happened.
+# iproute2, Open MPI and MPICH for the MPI tests) and the Python package with its test extras, starts
+# the real single-node Slurm cluster and, beside it, the multi-node one (ci/start-multinode.sh: one
+# slurmd per network namespace), runs pytest, and stops both clusters again whatever happened.
 #
-# Components the tests need are REQUIRED here: a missing Slurm, podman, MPICH or network-namespace
-# support fails the run instead of skipping tests (FAASX_REQUIRE_*=1).
+# Components the tests need are REQUIRED here: a missing Slurm, multi-node cluster, podman, MPICH or
+# network-namespace support fails the run instead of skipping tests (FAASX_REQUIRE_*=1).
 # Without arguments: the full suite under $PYTHON (default python3), then the fast part (tests/unit,
 # tests/engine, tests/parsl) under each other Python version in FAASX_OTHER_VERSIONS (default
 # "3.10 3.12 3.13", from pyenv), each in its own venv; a summary gives each run's counts and time.
@@ -21,7 +22,8 @@ export DEBIAN_FRONTEND=noninteractive
 as_root apt-get update -q >/dev/null
 as_root apt-get install -y -q --no-install-recommends \
     slurmctld slurmd slurm-client munge slurm-wlm-torque \
-    podman runc busybox-static iproute2 procps mpich libmpich-dev >/dev/null
+    podman runc busybox-static iproute2 util-linux procps \
+    openmpi-bin libopenmpi-dev mpich libmpich-dev >/dev/null
 
 echo "== python packages"
 PY=${PYTHON:-python3}
@@ -58,7 +60,13 @@ trap 'bash "$ROOT/ci/stop-slurm.sh"' EXIT
 # shellcheck disable=SC1091
 source "$SLURM_CI_DIR/env.sh"
 
-export FAASX_REQUIRE_SLURM=1 FAASX_REQUIRE_PODMAN=1 FAASX_REQUIRE_NETNS=1 FAASX_REQUIRE_MPI=1
+echo "== multi-node Slurm cluster"
+export SLURM_MN_DIR=${SLURM_MN_DIR:-/tmp/slurm-mn}
+if [ -e "$SLURM_MN_DIR/pids" ]; then bash ci/stop-multinode.sh || true; fi
+bash ci/start-multinode.sh
+trap 'bash "$ROOT/ci/stop-multinode.sh"; bash "$ROOT/ci/stop-slurm.sh"' EXIT
+
+export FAASX_REQUIRE_SLURM=1 FAASX_REQUIRE_MULTINODE=1 FAASX_REQUIRE_PODMAN=1 FAASX_REQUIRE_NETNS=1 FAASX_REQUIRE_MPI=1
 summary=()
 run_suite() {   # run_suite NAME PYTHON PYTEST-ARGS...: one timed pytest run; its exit code in $rc
     local name=$1 python=$2 start

@@ -20,6 +20,12 @@ fixing what goes wrong with Parsl's in production:
 - ``SrunLauncher`` asked for ``--ntasks`` only, so Slurm could pack several copies on one node;
   ``MpiExecLauncher`` gave no per-node count at all, so a "one manager per node" block could start
   every manager on the first node.  Both now pass the per-node count explicitly.
+- Under ``mpiexec`` one manager that died (killed, out of memory, its node lost) took the whole block
+  down: MPICH's Hydra, Open MPI and Cray PALS end every rank once one exits badly, so a single lost node
+  cost the tasks of all the others.  Each copy now reports its failure on stderr and exits 0 to
+  mpiexec, as ``srun --kill-on-bad-exit=0`` does for ``SrunLauncher``.
+- ``MpiExecLauncher`` inside a Slurm allocation (no ``$PBS_NODEFILE``) ran every copy on the first
+  node; it now takes the allocation's nodes from ``$SLURM_JOB_NODELIST``.
 - ``SingleNodeLauncher`` forwards SIGTERM/SIGINT/SIGHUP to everything the copies started (each copy
   runs in its own process group), so cancelling a local block leaves no managers behind.
 
@@ -204,13 +210,44 @@ class AprunLauncher(_parsl.AprunLauncher):
                 + _run_and_keep_status(aprun, self.debug))
 
 
+def _survive_for_mpiexec(command: str) -> str:
+    """The script each mpiexec rank runs: ``command``, whose failure is reported and not passed on.
+
+    MPI launchers end every rank of a job once one exits non-zero or is killed, which for a block means
+    one lost manager kills the managers of all its other nodes.  So the rank is a shell that runs the
+    command as its child, forwards SIGTERM/SIGINT/SIGHUP to it (mpiexec and the scheduler stop a block
+    that way), says on stderr how it ended, and exits 0.
+    """
+    return ("faasx_cmd() {\n"
+            f"{command}\n"
+            "}\n"
+            'faasx_cmd "$@" &\n'
+            "faasx_pid=$!\n"
+            "trap 'kill -TERM \"$faasx_pid\" 2>/dev/null' TERM INT HUP\n"
+            "while :; do\n"
+            '    wait "$faasx_pid"\n'
+            "    faasx_rc=$?\n"
+            # a trapped signal interrupts `wait` while the command still runs: wait again
+            '    if [ "$faasx_rc" -gt 128 ] && kill -0 "$faasx_pid" 2>/dev/null; then continue; fi\n'
+            "    break\n"
+            "done\n"
+            'if [ "$faasx_rc" -ne 0 ]; then\n'
+            '    echo "faasx launcher: the copy on $(hostname) ended with status $faasx_rc;'
+            ' the copies on the other nodes keep running" >&2\n'
+            "fi\n"
+            "exit 0")
+
+
 class MpiExecLauncher(_parsl.MpiExecLauncher):
     """Start the command with ``mpiexec`` on the job's nodes (PBS Pro: ALCF Polaris and Aurora).
 
     The node list is ``$PBS_NODEFILE`` (or ``$COBALT_NODEFILE``) with duplicate lines removed, order
-    kept, written to a private temporary file that is deleted afterwards; without either variable the
-    command runs on ``localhost``.  The fragment is ``mpiexec BIND_CMD none PPN_FLAG T -n N*T
-    --hostfile FILE OVERRIDES /bin/bash -c 'COMMAND'``; its status is mpiexec's.
+    kept, or inside a Slurm allocation the nodes of ``$SLURM_JOB_NODELIST``; it is written to a private
+    temporary file that is deleted afterwards.  Without any of these the command runs on ``localhost``.
+    The fragment is ``mpiexec BIND_CMD none PPN_FLAG T -n N*T --hostfile FILE OVERRIDES /bin/bash -c
+    'SCRIPT'``, where SCRIPT runs the command and exits 0 whatever it did (a failure is reported on
+    stderr): MPI launchers end every rank once one fails, and one lost manager must not stop the other
+    nodes' (the interchange re-dispatches the lost one's tasks).  The fragment's status is mpiexec's.
 
     Parameters
     ----------
@@ -242,12 +279,15 @@ class MpiExecLauncher(_parsl.MpiExecLauncher):
         words += ["-n", str(count), "--hostfile", '"$faasx_hostfile"']
         if self.overrides:
             words.append(self.overrides)
-        words += ["/bin/bash", "-c", shlex.quote(command)]
+        words += ["/bin/bash", "-c", shlex.quote(_survive_for_mpiexec(command))]
         return ("# faasx MpiExecLauncher\n"
                 'faasx_hostfile=$(mktemp "${TMPDIR:-/tmp}/faasx-hosts.XXXXXX")\n'
                 "faasx_nodefile=${PBS_NODEFILE:-${COBALT_NODEFILE:-}}\n"
                 'if [ -n "$faasx_nodefile" ] && [ -r "$faasx_nodefile" ]; then\n'
                 "    awk '!seen[$0]++' \"$faasx_nodefile\" > \"$faasx_hostfile\"\n"
+                'elif [ -n "${SLURM_JOB_NODELIST:-}" ] && scontrol show hostnames "$SLURM_JOB_NODELIST" '
+                '> "$faasx_hostfile" 2>/dev/null && [ -s "$faasx_hostfile" ]; then\n'
+                "    :\n"
                 "else\n"
                 '    echo localhost > "$faasx_hostfile"\n'
                 "fi\n"

@@ -62,12 +62,12 @@ def test_aprun_command_line():
 
 def test_mpiexec_command_line_for_pals_and_for_open_mpi():
     pals = MpiExecLauncher(debug=False, bind_cmd="--cpu-bind", overrides="--depth=64")("faasx-manager $X", 1, 4)
-    assert ("mpiexec --cpu-bind none --ppn 1 -n 4 --hostfile \"$faasx_hostfile\" --depth=64 "
-            "/bin/bash -c 'faasx-manager $X'") in pals.splitlines()
+    assert ("\nmpiexec --cpu-bind none --ppn 1 -n 4 --hostfile \"$faasx_hostfile\" --depth=64 "
+            "/bin/bash -c 'faasx_cmd() {\nfaasx-manager $X\n}\n") in pals
     ompi = MpiExecLauncher(debug=False, ppn_flag="--npernode")("m", 2, 2)
-    assert 'mpiexec --bind-to none --npernode 2 -n 4 --hostfile "$faasx_hostfile" /bin/bash -c m' in ompi.splitlines()
+    assert '\nmpiexec --bind-to none --npernode 2 -n 4 --hostfile "$faasx_hostfile" /bin/bash -c ' in ompi
     bare = MpiExecLauncher(debug=False, bind_cmd="", ppn_flag="")("m", 1, 1)
-    assert 'mpiexec -n 1 --hostfile "$faasx_hostfile" /bin/bash -c m' in bare.splitlines()
+    assert '\nmpiexec -n 1 --hostfile "$faasx_hostfile" /bin/bash -c ' in bare
 
 
 def test_single_node_fragment_defines_the_command_as_a_function():
@@ -196,16 +196,20 @@ def test_mpiexec_fragment_deduplicates_the_pbs_nodefile_in_order(tmp_path, shims
     (call,) = shims.calls("mpiexec")
     assert call["hostfile"] == ["x3001", "x3002", "x3000"]
     hostfile = call["argv"][call["argv"].index("--hostfile") + 1]
-    assert call["argv"] == ["--cpu-bind", "none", "--ppn", "1", "-n", "3", "--hostfile", hostfile, "--depth=64",
-                            "/bin/bash", "-c", TRICKY]
+    assert call["argv"][:-1] == ["--cpu-bind", "none", "--ppn", "1", "-n", "3", "--hostfile", hostfile, "--depth=64",
+                                 "/bin/bash", "-c"]
+    assert f"\n{TRICKY}\n" in call["argv"][-1], "the command travels unexpanded inside the rank's script"
     assert os.path.dirname(hostfile) == str(tmpdir)
     assert list(tmpdir.iterdir()) == [], "the temporary hostfile is removed afterwards"
     assert lines(tmp_path / "out.txt") == [f"rank={r} walltime=7 single $quoted bq sub" for r in range(3)]
 
 
-def test_mpiexec_fragment_without_a_nodefile_uses_localhost_and_keeps_the_status(tmp_path, shims, run_fragment):
-    env = {"PBS_NODEFILE": "", "COBALT_NODEFILE": ""}
+def test_mpiexec_fragment_without_a_nodefile_uses_localhost_and_reports_a_failed_copy(tmp_path, shims, run_fragment):
+    """A copy that fails is reported on stderr but exits 0 to mpiexec, which would otherwise end the
+    copies on every other node (tests/multinode proves that on a real MPICH)."""
+    env = {"PBS_NODEFILE": "", "COBALT_NODEFILE": "", "SLURM_JOB_NODELIST": ""}
     result = run_fragment(MpiExecLauncher(debug=True)("exit 6", 1, 1), tmp_path, env=env)
-    assert result.returncode == 6
+    assert result.returncode == 0, result.stderr
     assert shims.calls("mpiexec")[0]["hostfile"] == ["localhost"]
-    assert "launch ended with status 6" in result.stdout
+    assert "ended with status 6; the copies on the other nodes keep running" in result.stderr
+    assert "launch ended with status 0" in result.stdout
