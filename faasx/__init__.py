@@ -9,7 +9,7 @@ Names are imported lazily: compute-node processes import ``faasx`` too and must 
 """
 from faasx.version import VERSION as __version__
 
-__all__ = ["Executor", "FaaSExecutor", "MPIExecutor", "__version__"]
+__all__ = ["Executor", "FaaSExecutor", "MPIExecutor", "progress", "__version__"]
 
 
 def __getattr__(name: str):
@@ -22,7 +22,7 @@ def __getattr__(name: str):
     if name == "MPIExecutor":
         from faasx.executor.mpi_executor import MPIExecutor
         return MPIExecutor
-    if name in ("providers", "launchers", "errors", "configs", "mpi"):
+    if name in ("providers", "launchers", "errors", "configs", "mpi", "progress"):   # faasx.progress is callable
         import importlib
         return importlib.import_module(f"faasx.{name}")
     raise AttributeError(f"module 'faasx' has no attribute {name!r}")

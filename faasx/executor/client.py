@@ -145,7 +145,8 @@ class EngineClient:
         self._memo_keys: Dict[int, bytes] = {}
         self.managers_connected = 0
         self.last_refusal: Optional[dict] = None
-        self.stats = {"submitted": 0, "results": 0, "duplicates": 0}
+        self.stats = {"submitted": 0, "results": 0, "duplicates": 0, "failed": 0}
+        self.recent_errors: Deque[Tuple[int, float, Optional[BaseException]]] = deque(maxlen=20)
 
     # ---- start -------------------------------------------------------------------------------
     def start(self, ic_config: dict, start_timeout: float = 30.0) -> Dict[str, int]:
@@ -166,7 +167,7 @@ class EngineClient:
         stderr_path = os.path.join(self.logdir, "interchange.stderr")
         try:
             with open(stderr_path, "ab") as err:
-                self.ic_proc = subprocess.Popen(command("faasx-interchange", "faasx.executor.interchange"),
+                self.ic_proc = subprocess.Popen(command("faasx-interchange", "faasx.executor.interchange") + [self.logdir],
                                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                                                 pass_fds=(theirs.fileno(),))
         except BaseException:
@@ -503,8 +504,16 @@ class EngineClient:
                 _settle(fut, res)
             except InvalidStateError:  # cancelled by the user meanwhile
                 pass
+            if res.status != P.OK:
+                self._note_failure(res.tid, fut)
             if self.debug:
                 logger.debug("task %d resolved (status %d)", res.tid, res.status)
+
+    def _note_failure(self, tid: int, fut: Future) -> None:
+        """Count a failed task and keep it among the last few errors (what ``faasx status`` shows)."""
+        self.stats["failed"] += 1
+        if not fut.cancelled():
+            self.recent_errors.append((tid, time.time(), fut.exception(0)))
 
     def _remember(self, res: P.Result) -> None:
         """Store a memoized task's result (only successes are remembered)."""

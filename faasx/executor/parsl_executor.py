@@ -22,6 +22,7 @@ from faasx.errors import PayloadTooLarge, UnknownFunction
 from faasx.executor import affinity
 from faasx.executor import protocol as P
 from faasx.executor.client import EngineClient, TaskFuture
+from faasx.executor.control import ControlServer
 from faasx.executor.memo import MemoStore, memo_key
 from faasx.executor.processes import manager_program
 from faasx.executor.registry import FunctionRegistry
@@ -306,6 +307,12 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
         self._client.memo_store = self._memo
         self._launch_template = self._build_launch_cmd(addresses, ports["manager_port"], cert_dir,
                                                        ports.get("manager_ipc"))
+        self._control: Optional[ControlServer] = ControlServer(self)   # what `faasx status` asks (faasx.cli)
+        try:
+            self._control.start()
+        except OSError as e:   # a run without `faasx status` still runs
+            logger.warning("executor %s: no control endpoint for `faasx status`: %s", self.label, e)
+            self._control = None
         logger.info("executor %s: interchange up (manager port %d on %s); launch command: %s", self.label,
                     ports["manager_port"], bind, self._launch_template)
         # Provision the initial blocks now rather than at the first strategy tick (up to
@@ -575,7 +582,15 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
         if client is None:
             return
         logger.info("executor %s: shutting down", self.label)
+        control = getattr(self, "_control", None)
+        if control is not None:
+            control.stop()
         client.shutdown(timeout)
+        if control is not None:
+            try:
+                control.write_final()
+            except OSError as e:
+                logger.warning("executor %s: could not write the final status file: %s", self.label, e)
         if self._memo is not None:
             self._memo.close()
         job_ids = [j for b, j in self.blocks_to_job_id.items()

@@ -103,6 +103,7 @@ class ManagerRecord:
             "capacity": self.capacity,
             "tasks": len(self.tasks),
             "idle_duration": (now - self.idle_since) if self.idle_since is not None else 0.0,
+            "last_heard": now - self.last_seen,        # seconds since its last message
             "active": self.active,
             "warm": sorted(self.warm),
         }

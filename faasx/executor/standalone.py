@@ -126,15 +126,21 @@ class Executor(concurrent.futures.Executor):
         return futures
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None,
-            chunksize: int = 1) -> Iterator:
+            chunksize: int = 1, progress: bool = False) -> Iterator:
         """Like ``concurrent.futures.Executor.map``; with ``chunksize > 1`` each task runs a whole
-        chunk of calls, which is how small functions reach 100,000+ calls per second."""
+        chunk of calls, which is how small functions reach 100,000+ calls per second.
+        ``progress=True`` shows a progress bar of the calls (``faasx.progress``; needs tqdm)."""
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1")
         if self._shut_down:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        if chunksize == 1:
+        if chunksize == 1 and not progress:
             return super().map(fn, *iterables, timeout=timeout)
+        if chunksize == 1:
+            from faasx.progress import Progress
+            singles = [self.submit(fn, *args) for args in zip(*iterables)]
+            Progress(singles, unit="call").in_background()
+            return self._chunk_results(singles, None if timeout is None else timeout + time.monotonic(), False)
         end_time = None if timeout is None else timeout + time.monotonic()
         if isinstance(fn, str):
             fid, code, spec = self.executor._registry.lookup(fn)
@@ -142,24 +148,30 @@ class Executor(concurrent.futures.Executor):
             fid, code = self.executor._client.function(fn)
             spec = None
         zipped = zip(*iterables)
-        futures = []
+        futures: List[Future] = []
+        sizes: List[int] = []
         while True:
             chunk = list(itertools.islice(zipped, chunksize))
             if not chunk:
                 break
             futures.append(self.executor.submit_chunk(fid, code, chunk, spec))
+            sizes.append(len(chunk))
+        if progress:
+            from faasx.progress import Progress
+            Progress(futures, weights=sizes, unit="call").in_background()
         return self._chunk_results(futures, end_time)
 
     @staticmethod
-    def _chunk_results(futures: List[Future], end_time: Optional[float]) -> Iterator:
+    def _chunk_results(futures: List[Future], end_time: Optional[float], chunked: bool = True) -> Iterator:
         try:
             futures.reverse()
             while futures:
                 fut = futures.pop()
-                if end_time is None:
-                    yield from fut.result()
+                result = fut.result() if end_time is None else fut.result(end_time - time.monotonic())
+                if chunked:
+                    yield from result
                 else:
-                    yield from fut.result(end_time - time.monotonic())
+                    yield result
         finally:
             for fut in futures:
                 fut.cancel()

@@ -31,6 +31,8 @@ from typing import Callable, Dict, List, Optional
 from faasx.errors import FunctionExited, PayloadTooLarge, SerializationError
 from faasx.executor import affinity
 from faasx.executor import protocol as P
+from faasx.executor import task_output
+from faasx.executor.task_output import TaskOutput
 from faasx.executor.channel import Channel, ChannelClosed, ChannelError
 from faasx.executor.mpi import run_in_environment
 from faasx.executor.processes import die_with_parent, set_process_name
@@ -54,6 +56,7 @@ class Worker:
         self.chan = Channel(sock if sock is not None else socket.socket(fileno=fd),
                             max_message=max_payload_size * 2 + (64 << 20))
         self.malformed = 0
+        self.output = TaskOutput()     # replaced by task_output.install() in a real worker process
 
     def send(self, frames: List[bytes]) -> None:
         self.chan.send(frames)
@@ -98,7 +101,9 @@ class Worker:
         out_payloads: List[bytes] = []
         last_flush = time.perf_counter()
         n = len(records)
+        output = self.output
         for i, (tid, fid, kind, spec) in enumerate(records):
+            output.tid = tid               # names the task in its captured output (task_output)
             if self.debug:
                 logger.debug("task %d: start", tid)
             if spec and "mpi" in spec:   # MPI mode: PARSL_MPI_PREFIX & co. for this call (faasx.executor.mpi)
@@ -117,6 +122,7 @@ class Worker:
                 if now - last_flush > FLUSH_INTERVAL:
                     self.send(P.pack(P.RESULTS, out_body, out_payloads))
                     out_body, out_payloads, last_flush = [], [], now
+        output.tid = None
         if out_body:
             self.send(P.pack(P.RESULTS, out_body, out_payloads))
 
@@ -222,6 +228,7 @@ def main(argv=None) -> int:
         sock.connect(args.connect)
         sock.settimeout(None)
     worker = Worker(args.fd if args.fd is not None else -1, args.worker_id, args.max_payload_size, args.debug, sock)
+    worker.output = task_output.install(sys.stdout, sys.stderr)
     try:
         worker.run(args.manager_pid)
     except (ChannelClosed, BrokenPipeError, ConnectionResetError):
