@@ -1,7 +1,7 @@
 """Progress bars for futures: ``faasx.progress(futures)`` and ``Executor.map(..., progress=True)``.
 
 Built on ``tqdm`` (an optional dependency: ``pip install faasx[progress]``); ``tqdm.auto`` draws a
-widget in Jupyter when ipywidgets is installed and text otherwise.  The bar counts finished futures
+widget in Jupyter when ipywidgets is installed, text (in the cell's output) otherwise.  The bar counts finished futures
 and shows how many succeeded and failed, and tqdm's rate.
 
 Works with any ``concurrent.futures.Future`` -- faasx's, ``ProcessPoolExecutor``'s, Parsl's
@@ -28,6 +28,11 @@ __all__ = ["progress", "Progress"]
 
 
 def _tqdm_class(notebook: Optional[bool]):
+    if notebook is None:
+        # tqdm.auto picks the Jupyter widget, which needs ipywidgets; without it tqdm warns and falls back
+        # to text: choose text ourselves (it renders in a notebook's output as well)
+        import importlib.util
+        notebook = None if importlib.util.find_spec("ipywidgets") else False
     try:
         if notebook is None:
             from tqdm.auto import tqdm

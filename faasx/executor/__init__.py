@@ -49,6 +49,9 @@ Moving parts, one module each:
 ``worker``         the process that runs functions.
 ``security``       CurveZMQ keys and the ZAP allow-list for the manager port.
 ``registry``       registered functions (submit by id).
+``control``        the run's control endpoint (a private Unix socket) that ``faasx status`` asks.
+``task_output``    per-task markers in a worker's captured stdout/stderr (``faasx logs``).
+``processes``      how faasx starts its processes (recognisable in ``ps``; which interpreter).
 ``parsl_executor`` ``FaaSExecutor``, the Parsl ``BlockProviderExecutor``.
 ``standalone``     ``faasx.Executor``, the ``concurrent.futures.Executor`` around it.
 ``mpi``            MPI mode's pure core: resource keys, ``PARSL_*_PREFIX`` builders, the block's nodes,

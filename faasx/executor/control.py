@@ -213,11 +213,13 @@ class ControlServer:
         return {"pending": len(client.futures), "done": client.stats["results"] - failed, "failed": failed}
 
     def _rate(self) -> float:
-        samples = self._samples
-        if len(samples) < 2:
+        """Results per second since the oldest sample of the last minute, up to this moment."""
+        client = self.executor._client
+        if not self._samples or client is None:
             return 0.0
-        (t0, r0), (t1, r1) = samples[0], samples[-1]
-        return (r1 - r0) / (t1 - t0) if t1 > t0 else 0.0
+        t0, r0 = self._samples[0]
+        elapsed = time.monotonic() - t0
+        return (client.stats["results"] - r0) / elapsed if elapsed > 0 else 0.0
 
     def _blocks(self, managers: List[dict]) -> List[dict]:
         ex = self.executor
