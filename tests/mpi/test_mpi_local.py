@@ -33,6 +33,20 @@ def placement(hold: float = 0.0):
     return {k: os.environ.get(k) for k in keys}, start, time.time()
 
 
+def meet(directory: str, me: str, other: str, timeout: float = 60.0):
+    """Say "I run" in ``directory`` and wait until ``other`` says so too: both returning True proves the
+    two tasks ran at the same time, however slowly each worker started."""
+    import os
+    import time
+    open(os.path.join(directory, me), "w").close()
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(os.path.join(directory, other)):
+        if time.monotonic() > deadline:
+            return os.environ.get("PARSL_MPI_NODELIST"), False, time.time()
+        time.sleep(0.02)
+    return os.environ.get("PARSL_MPI_NODELIST"), True, time.time()
+
+
 def crash():
     import os
     os._exit(3)
@@ -71,15 +85,15 @@ def test_task_environment_matches_parsl(ex):
     assert env2["PARSL_NUM_NODES"] == "1" and env2["PARSL_MPI_NODELIST"] in ("fake1", "fake2")
 
 
-def test_one_node_tasks_pack_the_block_and_a_two_node_task_waits_for_both(ex):
-    a = submit(ex, placement, {"num_nodes": 1}, 1.5)
-    b = submit(ex, placement, {"num_nodes": 1}, 1.5)
+def test_one_node_tasks_pack_the_block_and_a_two_node_task_waits_for_both(ex, tmp_path):
+    a = submit(ex, meet, {"num_nodes": 1}, str(tmp_path), "a", "b")
+    b = submit(ex, meet, {"num_nodes": 1}, str(tmp_path), "b", "a")
     c = submit(ex, placement, {"num_nodes": 2}, 0.0)
-    (ea, sa, ta), (eb, sb, tb), (ec, sc, _) = a.result(60), b.result(60), c.result(60)
-    assert {ea["PARSL_MPI_NODELIST"], eb["PARSL_MPI_NODELIST"]} == {"fake1", "fake2"}   # never the same node
-    assert sb < ta and sa < tb                       # the two ran at the same time
+    (node_a, met_a, end_a), (node_b, met_b, end_b), (ec, start_c, _) = a.result(90), b.result(90), c.result(90)
+    assert met_a and met_b                           # the two ran at the same time
+    assert {node_a, node_b} == {"fake1", "fake2"}    # never on the same node
     assert ec["PARSL_MPI_NODELIST"] == "fake1,fake2"
-    assert sc >= max(ta, tb) - 0.05                  # the 2-node task started once both nodes were free
+    assert start_c >= max(end_a, end_b)              # the 2-node task started once both nodes were free
 
 
 def test_a_task_asking_for_more_nodes_than_a_block_has_fails_at_submit(ex):

@@ -14,7 +14,7 @@ import re
 import pytest
 
 import faasx
-from faasx.errors import InvalidResourceSpecification
+from faasx.errors import InvalidResourceSpecification, WorkerLost
 from faasx.launchers import SimpleLauncher
 from faasx.mpi import MPIFunction
 from faasx.providers import SlurmProvider
@@ -55,22 +55,42 @@ def test_allreduce_across_two_nodes_through_executor(ex, mpich):
     assert sorted(hosts.count(h) for h in set(hosts)) == [2, 2]
 
 
-def test_concurrent_one_node_tasks_pack_the_nodes(ex, mpich):
-    """Two 1-node tasks run at once, each on its own node; a 2-node task submitted with them waits for both."""
-    span = MPIFunction(f"sh -c 'echo start $(hostname) $(date +%s.%N); sleep 2; {mpich.allreduce}; "
-                       "echo end $(date +%s.%N)'", num_nodes=1, ranks_per_node=1)
+def test_concurrent_one_node_tasks_pack_the_nodes(ex, mpich, tmp_path):
+    """Two 1-node tasks run at once, each on its own node (each waits until the other has started: a
+    rendezvous in the shared file system, not a sleep); a 2-node task submitted with them waits for both."""
+    meet = (f"sh -c 'touch {tmp_path}/$(hostname); n=0; while [ $(ls {tmp_path} | wc -l) -lt 2 ] && [ $n -lt 600 ]; "
+            f"do sleep 0.1; n=$((n+1)); done; echo met $(ls {tmp_path} | wc -l); {mpich.allreduce}; "
+            "echo end $(date +%s.%N)'")
+    span = MPIFunction(meet, num_nodes=1, ranks_per_node=1)
     wide = MPIFunction(f"sh -c 'echo start $(hostname) $(date +%s.%N); {mpich.allreduce}'", num_nodes=2,
                        ranks_per_node=1)
     futures = [ex.submit(span), ex.submit(span), ex.submit(wide)]
     out = [f.result(180) for f in futures]
     assert all(r.returncode == 0 for r in out), [r.stderr for r in out]
-    (host_a, start_a), (host_b, start_b) = [re.search(r"start (\S+) (\S+)", r.stdout).groups() for r in out[:2]]
+    assert all("met 2" in r.stdout for r in out[:2]), [r.stdout for r in out[:2]]     # at the same time
+    assert sorted(os.listdir(tmp_path)) == sorted({x[2] for r in out[:2] for x in ranks(r.stdout)})
+    assert len(os.listdir(tmp_path)) == 2                                          # on two distinct nodes
     end_a, end_b = [float(re.search(r"end (\S+)", r.stdout).group(1)) for r in out[:2]]
-    assert host_a != host_b                               # never the same node twice
-    assert float(start_b) < end_a and float(start_a) < end_b   # at the same time
     wide_starts = [float(t) for t in re.findall(r"start \S+ (\S+)", out[2].stdout)]
-    assert len(wide_starts) == 2 and min(wide_starts) >= max(end_a, end_b) - 0.05
+    assert len(wide_starts) == 2 and min(wide_starts) >= max(end_a, end_b)
     assert len({x[2] for x in ranks(out[2].stdout)}) == 2
+
+
+def crash_holding_nodes():
+    import os
+    os._exit(9)
+
+
+def test_nodes_of_failed_and_crashed_tasks_go_back_to_the_pool(ex, mpich):
+    """An MPI program that fails on both nodes, then a worker that dies holding both: each time the next
+    2-node task still gets both nodes."""
+    failed = ex.submit(MPIFunction("sh -c 'echo on $(hostname); exit 3'", num_nodes=2)).result(180)
+    assert failed.returncode != 0 and len(set(re.findall(r"on (\S+)", failed.stdout))) == 2
+    with pytest.raises(WorkerLost):
+        ex.submit_batch([(crash_holding_nodes, (), {}, {"num_nodes": 2})])[0].result(180)
+    r = ex.submit(MPIFunction(mpich.allreduce, num_nodes=2, ranks_per_node=1)).result(180)
+    assert r.returncode == 0, r.stderr
+    assert len({x[2] for x in ranks(r.stdout)}) == 2 and {x[3] for x in ranks(r.stdout)} == {1}
 
 
 def test_oversize_request_fails_at_once(ex):
