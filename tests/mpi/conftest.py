@@ -6,8 +6,9 @@
                       both are installed).  Missing MPICH: skipped, or failed with ``FAASX_REQUIRE_MPI=1``.
 ``multinode_slurm``   (session) the multi-node Slurm cluster of ``ci/start-multinode.sh`` (slurmd per network
                       namespace: node1..nodeN, each its own host name and address), found through
-                      ``$SLURM_MN_DIR`` (default /tmp/slurm-mn).  Exports its ``SLURM_CONF`` while in use.
-                      Missing: skipped, or failed with ``FAASX_REQUIRE_MULTINODE=1``.
+                      ``$SLURM_MN_DIR`` (default /tmp/slurm-mn).  Missing: skipped, or failed with
+                      ``FAASX_REQUIRE_MULTINODE=1``.
+``on_multinode``      (module) the same, with ``SLURM_CONF`` pointing at it for the module's duration only.
 """
 from __future__ import annotations
 
@@ -82,9 +83,16 @@ def multinode_slurm():
         rows_ = [line.split() for line in f if line.strip()]
     nodes = [r[0] for r in rows_]
     host_address = rows_[0][1].rsplit(".", 1)[0] + ".1"   # the bridge's host end: NET.1
+    return MultiNode(conf=conf, partition=partition, nodes=nodes, host_address=host_address)
+
+
+@pytest.fixture(scope="module")
+def on_multinode(multinode_slurm):
+    """``SLURM_CONF`` points at the multi-node cluster for one test module (providers' commands inherit
+    it), and at whatever it pointed at before afterwards: other directories use the single-node cluster."""
     previous = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = conf
-    yield MultiNode(conf=conf, partition=partition, nodes=nodes, host_address=host_address)
+    os.environ["SLURM_CONF"] = multinode_slurm.conf
+    yield multinode_slurm
     if previous is None:
         os.environ.pop("SLURM_CONF", None)
     else:

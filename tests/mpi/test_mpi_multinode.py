@@ -36,13 +36,28 @@ def provider(cluster, mpich, nodes=2):
                          worker_init=f"export PATH={mpich.bin}:$PATH PYTHONPATH={ROOT}${{PYTHONPATH:+:$PYTHONPATH}}")
 
 
+def wait_until_gone(job_ids):
+    """The blocks' jobs have left Slurm's queue: the next test (here or in tests/multinode) finds every
+    node idle."""
+    import subprocess
+
+    from tests.support import wait_for
+
+    def gone():
+        out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=20).stdout
+        return not (set(out.split()) & set(job_ids))
+    wait_for(gone, timeout=60, interval=0.2, what=f"jobs {sorted(job_ids)} to leave squeue")
+
+
 @pytest.fixture(scope="module")
-def ex(multinode_slurm, mpich, tmp_path_factory):
-    with faasx.Executor(provider(multinode_slurm, mpich), address=multinode_slurm.host_address, encrypted=True,
+def ex(on_multinode, mpich, tmp_path_factory):
+    blocks = provider(on_multinode, mpich)
+    with faasx.Executor(blocks, address=on_multinode.host_address, encrypted=True,
                         mpi_launcher="mpiexec", max_workers_per_block=2, max_retries_on_system_failure=0,
                         heartbeat_period=1, heartbeat_threshold=10,
                         run_dir=str(tmp_path_factory.mktemp("mpi_mn"))) as executor:
         yield executor
+    wait_until_gone(set(blocks.resources))
 
 
 def test_allreduce_across_two_nodes_through_executor(ex, mpich):
@@ -99,7 +114,7 @@ def test_oversize_request_fails_at_once(ex):
 
 
 # ---- through Parsl ---------------------------------------------------------------------------------
-def test_parsl_bash_app_runs_unchanged(multinode_slurm, mpich, tmp_path):
+def test_parsl_bash_app_runs_unchanged(on_multinode, mpich, tmp_path):
     """A Parsl MPIExecutor config with the import changed: ``$PARSL_MPI_PREFIX`` and ``$PARSL_SRUN_PREFIX``.
 
     (The block has one CPU per node -- ``exclusive=False``, one task per node -- so srun gets one rank per
@@ -111,8 +126,9 @@ def test_parsl_bash_app_runs_unchanged(multinode_slurm, mpich, tmp_path):
     def allreduce(exe, prefix="$PARSL_MPI_PREFIX", stdout=None, stderr=None, parsl_resource_specification={}):
         return f"{prefix} {exe}"
 
+    blocks = provider(on_multinode, mpich)
     config = parsl.Config(executors=[faasx.MPIExecutor(
-        label="mpi", provider=provider(multinode_slurm, mpich), address=multinode_slurm.host_address,
+        label="mpi", provider=blocks, address=on_multinode.host_address,
         mpi_launcher="mpiexec", max_workers_per_block=2, heartbeat_period=1, heartbeat_threshold=10)],
         run_dir=str(tmp_path / "runinfo"))
     spec = {"num_nodes": 2, "ranks_per_node": 2}
@@ -124,6 +140,7 @@ def test_parsl_bash_app_runs_unchanged(multinode_slurm, mpich, tmp_path):
                                                             "launcher_options": "--mpi=pmi2"})
         assert by_mpiexec.result(180) == 0, (tmp_path / "a.err").read_text()
         assert by_srun.result(180) == 0, (tmp_path / "b.err").read_text()
+    wait_until_gone(set(blocks.resources))
     found = ranks((tmp_path / "a.out").read_text())
     assert [x[0] for x in found] == [0, 1, 2, 3] and {x[3] for x in found} == {6}
     assert len({x[2] for x in found}) == 2
