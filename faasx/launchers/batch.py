@@ -157,7 +157,8 @@ class SrunLauncher(_parsl.SrunLauncher):
 
     The fragment is ``srun --nodes=N --ntasks=N*T --ntasks-per-node=T --kill-on-bad-exit=0 --label
     OVERRIDES /bin/bash -c 'COMMAND'``; its status is srun's.  ``--kill-on-bad-exit=0`` keeps the other
-    nodes' managers running when one fails (the interchange re-dispatches the lost node's tasks).
+    nodes' managers running when one fails (the interchange re-dispatches the lost node's tasks).  The
+    job script outlives a SIGTERM until srun has ended, so srun is never orphaned.
 
     Parameters
     ----------
@@ -181,7 +182,11 @@ class SrunLauncher(_parsl.SrunLauncher):
                 "export CORES=${SLURM_CPUS_ON_NODE:-$(getconf _NPROCESSORS_ONLN)}\n"
                 "export NODES=${SLURM_JOB_NUM_NODES:-1}\n"
                 + _debug_line(self.debug, f"$NODES nodes x $CORES cores, srun of {count} tasks")
-                + _run_and_keep_status(srun, self.debug))
+                # srun gets the job's SIGTERM itself; the script waits for it instead of dying first, so
+                # srun stays its child: an orphaned srun escapes process tracking by ancestry
+                # (proctrack/linuxproc), and one that hangs would then outlive the job
+                + "trap 'faasx_signalled=1' TERM INT HUP\n"
+                + _run_and_keep_status(srun, self.debug, cleanup="trap - TERM INT HUP\n"))
 
 
 class AprunLauncher(_parsl.AprunLauncher):

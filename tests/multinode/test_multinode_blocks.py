@@ -19,6 +19,8 @@ import pytest
 
 from tests.support import wait_for
 
+from mn_support import manager_logs, managers_of, serve_every_node, wait_for_managers
+
 pytestmark = pytest.mark.multinode
 
 
@@ -43,54 +45,6 @@ def busy_until_before_walltime(seconds_before_end: float) -> dict:
     return dict(where(), finished=time.time(), end=end)
 
 
-# ---- helpers ----------------------------------------------------------------------------------------
-def managers_of(ex, block_id=None) -> list:
-    return [m for m in ex.executor.connected_managers() if block_id is None or m["block_id"] == str(block_id)]
-
-
-def wait_for_managers(ex, count: int, block_id=None, timeout: float = 90) -> list:
-    """The connected managers (of ``block_id``) once there are ``count``; fails at once, with the job's
-    output, if a block ended first."""
-    def ready():
-        found = managers_of(ex, block_id)
-        if len(found) == count:
-            return found
-        ended = {b: st for b, st in ex.executor.status().items()
-                 if st.terminal and (block_id is None or b == str(block_id))}
-        assert not ended, f"blocks ended before {count} managers registered: {ended}\n{block_output(ex)}"
-        return None
-    return wait_for(ready, timeout=timeout, interval=0.1,
-                    what=lambda: f"{count} managers of block {block_id} to register (have {managers_of(ex, block_id)})")
-
-
-def block_output(ex) -> str:
-    """The tail of every block's job stdout/stderr, for failure messages."""
-    text = []
-    for path in sorted(glob.glob(os.path.join(ex.executor.provider.script_dir, "*.std*"))):
-        with open(path) as f:
-            text.append(f"---- {path}\n" + f.read()[-2000:])
-    return "\n".join(text)
-
-
-def serve_every_node(ex, hosts, timeout: float = 60) -> list:
-    """Submit short tasks until every one of ``hosts`` has run one; all results."""
-    results = []
-    deadline = time.monotonic() + timeout
-    while {r["host"] for r in results} != set(hosts):
-        assert time.monotonic() < deadline, f"only {sorted({r['host'] for r in results})} of {hosts} served tasks"
-        results += [f.result(timeout=60) for f in [ex.submit(where, 0.2) for _ in range(2 * len(hosts))]]
-    return results
-
-
-def manager_logs(ex, block_id) -> dict:
-    """{hostname: log text} of the block's managers (``manager_<block>_<host>_<pid>.log``)."""
-    found = {}
-    for path in glob.glob(os.path.join(ex.executor.logdir, f"manager_{block_id}_*.log")):
-        with open(path) as f:
-            found[os.path.basename(path).split("_")[2]] = f.read()
-    return found
-
-
 # ---- 1. one manager per node, every node serving ----------------------------------------------------------
 @pytest.mark.parametrize("nodes", [2, 3])
 @pytest.mark.parametrize("kind", ["srun", "mpich", "openmpi"])
@@ -110,7 +64,7 @@ def test_a_block_runs_one_manager_per_node_and_every_node_serves_tasks(kind, nod
         assert len(hosts) == nodes, f"Slurm gave job {job} nodes {hosts}"
         assert sorted(m["hostname"] for m in managers) == sorted(hosts), "not one manager per node of the job"
 
-        results = serve_every_node(ex, hosts)
+        results = serve_every_node(ex, hosts, where)
         pids = {m["hostname"]: m["pid"] for m in managers}
         for r in results:
             assert r["manager_pid"] == pids[r["host"]], f"task on {r['host']} ran outside that node's manager: {r}"
