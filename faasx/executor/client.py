@@ -283,6 +283,8 @@ class EngineClient:
                 return True       # the future is filed: it fails with everything else
             self._in_flight += 1
             self.stats["submitted"] += 1
+            if self.debug:
+                logger.debug("sent task %d (directly)", tid)
             if not done:          # the rest waits for the link to be writable: the I/O thread's job
                 self._wake()
             return True
