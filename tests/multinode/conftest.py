@@ -41,8 +41,8 @@ if ROOT not in sys.path:
 
 from tests.support import wait_for  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-WORKER_INIT = f"export PYTHONPATH={HERE}${{PYTHONPATH:+:$PYTHONPATH}}"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mn_support import WORKER_INIT  # noqa: E402
 
 #: executor options of every test here: encryption on (127.x counts as loopback, which would turn it off
 #: by default, but these managers are on other "hosts"), heartbeats fast enough to notice a lost node in

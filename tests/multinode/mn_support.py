@@ -7,6 +7,10 @@ import time
 
 from tests.support import wait_for
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+#: job-script lines that let the blocks import the test modules (tasks are sent by reference)
+WORKER_INIT = f"export PYTHONPATH={HERE}${{PYTHONPATH:+:$PYTHONPATH}}"
+
 
 def managers_of(ex, block_id=None) -> list:
     return [m for m in ex.executor.connected_managers() if block_id is None or m["block_id"] == str(block_id)]
