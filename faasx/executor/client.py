@@ -284,7 +284,7 @@ class EngineClient:
             self._in_flight += 1
             self.stats["submitted"] += 1
             if self.debug:
-                logger.debug("sent task %d (directly)", tid)
+                logger.debug("sent task %d (directly)", task.tid)
             if not done:          # the rest waits for the link to be writable: the I/O thread's job
                 self._wake()
             return True
