@@ -59,7 +59,8 @@ hash of its serialized code, ``FID_SIZE``).
 * A task record in a TASKS body is ``[tid, fid, kind, spec]``; ``kind`` is ``KIND_CALL`` (the payload
   is ``(args, kwargs)``) or ``KIND_MAP`` (the payload is ``(args_list, {})``: a chunk of ``map()``);
   ``spec`` is nil or a map (resource spec: ``priority``, ``cores``, ``memory``, ``gpus``,
-  ``container``...).  In code it is a ``Task`` (the record plus its payload frame).
+  ``container``, ``mpi`` -- MPI mode's request, to which the manager adds the task's nodes and
+  environment before it goes to a worker, ``faasx.executor.mpi`` ...).  In code it is a ``Task`` (the record plus its payload frame).
 * A result record in a RESULTS body is ``[tid, status]``.  ``status`` is ``OK`` (payload: the
   serialized value), ``EXCEPTION`` (payload: the serialized exception), or ``WORKER_LOST``,
   ``MANAGER_LOST``, ``FAILED`` (payload: msgpack ``[error kind, message, attempts]``,
