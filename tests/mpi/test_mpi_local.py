@@ -16,7 +16,7 @@ import faasx
 from faasx.errors import InvalidResourceSpecification, WorkerLost
 from faasx.executor.mpi import MPIPlacementError
 from faasx.launchers import SimpleLauncher
-from faasx.mpi import MPIFunction, ShellFunction, ShellResult
+from faasx.mpi import MPIFunction, MPIPythonFunction, ShellFunction, ShellResult
 from faasx.providers import LocalProvider
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -142,13 +142,29 @@ def test_mpi_executor_needs_a_simple_launcher():
         faasx.MPIExecutor(mpi_launcher="mpirun")
 
 
-def test_real_mpich_program_on_this_host(mpich, tmp_path):
-    """MPICH's mpiexec from $PARSL_MPI_PREFIX on the one local node: 3 ranks, the right sum."""
+def rank_report(scale, blob_size=0):
+    import socket
+
+    from faasx.mpi import rank_and_size
+    rank, size = rank_and_size()
+    if scale == "fail" and rank == 1:
+        raise ValueError(f"rank {rank} refuses")
+    return rank, size, socket.gethostname(), scale * rank, "x" * blob_size
+
+
+def test_real_mpich_program_and_python_function_on_this_host(mpich, tmp_path):
+    """MPICH's mpiexec from $PARSL_MPI_PREFIX on the one local node: a C allreduce on 3 ranks, and a
+    Python function on every rank (its results in rank order, a rank's exception raised)."""
     host = os.uname().nodename
     provider = LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1, launcher=SimpleLauncher(),
                              worker_init=f"export PATH={mpich.bin}:$PATH FAASX_MPI_NODELIST={host}")
     with faasx.Executor(provider, mpi_launcher="mpiexec", run_dir=str(tmp_path)) as ex:
         r = ex.submit(MPIFunction(mpich.allreduce, num_nodes=1, num_ranks=3)).result(120)
-    assert r.returncode == 0, r.stderr
-    lines = sorted(r.stdout.split("\n")[:-1])
-    assert lines == [f"rank {i}/3 host {host} sum 3" for i in range(3)]
+        assert r.returncode == 0, r.stderr
+        assert sorted(r.stdout.split("\n")[:-1]) == [f"rank {i}/3 host {host} sum 3" for i in range(3)]
+        # 50 kB per rank: each rank's result crosses the launcher's merged stdout in many lines
+        values = ex.submit(MPIPythonFunction(rank_report, num_ranks=3), 10, blob_size=50_000).result(120)
+        assert [v[:4] for v in values] == [(i, 3, host, 10 * i) for i in range(3)]
+        assert all(v[4] == "x" * 50_000 for v in values)
+        with pytest.raises(ValueError, match="rank 1 refuses"):
+            ex.submit(MPIPythonFunction(rank_report, num_ranks=3), "fail").result(120)

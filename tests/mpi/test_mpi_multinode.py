@@ -16,7 +16,7 @@ import pytest
 import faasx
 from faasx.errors import InvalidResourceSpecification, WorkerLost
 from faasx.launchers import SimpleLauncher
-from faasx.mpi import MPIFunction
+from faasx.mpi import MPIFunction, MPIPythonFunction
 from faasx.providers import SlurmProvider
 
 pytestmark = pytest.mark.slurm
@@ -89,6 +89,20 @@ def test_concurrent_one_node_tasks_pack_the_nodes(ex, mpich, tmp_path):
     wide_starts = [float(t) for t in re.findall(r"start \S+ (\S+)", out[2].stdout)]
     assert len(wide_starts) == 2 and min(wide_starts) >= max(end_a, end_b)
     assert len({x[2] for x in ranks(out[2].stdout)}) == 2
+
+
+def where_am_i(tag):
+    import socket
+
+    from faasx.mpi import rank_and_size
+    return rank_and_size(), socket.gethostname(), tag
+
+
+def test_python_function_on_every_rank_across_two_nodes(ex):
+    values = ex.submit(MPIPythonFunction(where_am_i, num_nodes=2, ranks_per_node=2), "t").result(180)
+    assert [v[0] for v in values] == [(r, 4) for r in range(4)] and {v[2] for v in values} == {"t"}
+    hosts = [v[1] for v in values]
+    assert len(set(hosts)) == 2 and sorted(hosts.count(h) for h in set(hosts)) == [2, 2]
 
 
 def crash_holding_nodes():
