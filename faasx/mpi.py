@@ -29,7 +29,7 @@ import os
 import shlex
 import subprocess
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from faasx.executor.mpi import MPI_RESOURCE_KEYS
 
@@ -217,16 +217,14 @@ class MPIPythonFunction:
         return _gather(cmd, proc)
 
 
-def _gather(cmd: str, proc: subprocess.CompletedProcess) -> list:
-    """The ranks' values in rank order, or the lowest failing rank's exception, from the launcher's stdout."""
+def _rank_outcomes(stdout: str) -> Tuple[Dict[int, Tuple[bool, bytes]], List[str]]:
+    """{rank: (ok, payload)} of every rank whose result lines all arrived, and the ranks' other output."""
     import base64
-
-    from faasx.executor.serialization import deserialize, deserialize_exception
     parts: Dict[int, Dict[int, str]] = {}
     counts: Dict[int, int] = {}
     status: Dict[int, bool] = {}
     other = []
-    for line in proc.stdout.split("\n"):
+    for line in stdout.split("\n"):
         fields = line.split(" ", 5) if line.startswith(_MARK) else []
         if len(fields) == 6:
             rank, seq = int(fields[1]), int(fields[3])
@@ -236,6 +234,13 @@ def _gather(cmd: str, proc: subprocess.CompletedProcess) -> list:
             other.append(line)
     outcomes = {r: (status[r], base64.b64decode("".join(p[i] for i in range(counts[r]))))
                 for r, p in parts.items() if len(p) == counts[r]}
+    return outcomes, other
+
+
+def _gather(cmd: str, proc: subprocess.CompletedProcess) -> list:
+    """The ranks' values in rank order, or the lowest failing rank's exception, from the launcher's stdout."""
+    from faasx.executor.serialization import deserialize, deserialize_exception
+    outcomes, other = _rank_outcomes(proc.stdout)
     if other:
         print("\n".join(other))     # the ranks' own output: the worker's log (.out)
     failed = sorted(r for r, (ok, _) in outcomes.items() if not ok)

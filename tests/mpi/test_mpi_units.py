@@ -7,7 +7,7 @@ import os
 import pytest
 
 from faasx.executor.mpi import (MPIPlacementError, MpiWorkerTable, NodePool, block_nodes, compose_prefixes,
-                                expand_hostlist, parse_mpi_spec, run_in_environment, task_environment)
+                                expand_hostlist, parse_mpi_spec, run_in_environment)
 
 
 # ---- resource keys ---------------------------------------------------------------------------------
