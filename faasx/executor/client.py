@@ -38,7 +38,7 @@ import time
 import weakref
 from collections import deque
 from concurrent.futures import Future, InvalidStateError
-from typing import Any, Callable, Deque, Dict, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from faasx.errors import (ExecutorShutdown, FaaSXError, InterchangeLost, ManagerLost, VersionMismatch,
                           WorkerLost)
@@ -65,7 +65,10 @@ class TaskFuture(Future):
         self._client = client
 
     def cancel(self) -> bool:
-        """Cancel the task.  A task still queued is never run; one already at a worker runs, and its
+        """Cancel the task unless a worker has taken it: that task is running() and, as with the stdlib,
+        this returns False and it runs on.  A cancelled task queued at the interchange or at a manager
+        never runs.  Between a worker taking a task and the report of it reaching here (at least
+        ``protocol.STARTED_DELAY``) cancel() may still return True: the task then runs, and its
         result is discarded."""
         with self._condition:    # re-entrant: a second cancel() must not notify twice
             if self.cancelled():
@@ -77,6 +80,14 @@ class TaskFuture(Future):
             self.set_running_or_notify_cancel()
         self._client._cancel(self.parsl_executor_task_id)
         return True
+
+    def _mark_running(self) -> None:
+        """A worker has taken the task (STARTED): from now on cancel() returns False, as for a task
+        ProcessPoolExecutor has moved to its call queue.  Under the condition, so that a concurrent
+        cancel() sees one state or the other, never a half-done transition."""
+        with self._condition:
+            if not self.cancelled() and not self.running() and not self.done():
+                self.set_running_or_notify_cancel()
 
 
 def _failure_exception(status: int, payload: bytes, tid: int) -> BaseException:
@@ -470,6 +481,8 @@ class EngineClient:
             msg_type, body, payloads = P.unpack(frames)
             if msg_type == P.RESULTS:      # first: the hot path
                 self._resolve(P.parse_results(body, payloads))
+            elif msg_type == P.STARTED:
+                self._on_started(P.parse_started(body))
             elif msg_type == P.REPLY:
                 self._on_reply(*P.parse_reply(body))
             elif msg_type == P.EVENT:
@@ -478,6 +491,13 @@ class EngineClient:
                 logger.warning("executor %s: unexpected %s from the interchange", self.label, P.type_name(msg_type))
         except P.ProtocolError as e:
             logger.error("executor %s: dropped malformed message from the interchange: %s", self.label, e)
+
+    def _on_started(self, tids: List[int]) -> None:
+        futures = self.futures
+        for tid in tids:
+            fut = futures.get(tid)
+            if fut is not None:
+                fut._mark_running()
 
     def _on_reply(self, req_id: int, result: Any) -> None:
         if req_id == P.CANCEL_CONFIRMED:    # these cancelled tasks will never report

@@ -66,12 +66,13 @@ class Interchange:
                       "retried": 0, "failed_system": 0, "managers_registered": 0, "managers_lost": 0,
                       "managers_refused": 0}
         self.outbox: List[P.Result] = []     # results for the client, sent once per loop iteration
+        self.started: List[int] = []         # STARTED task ids for the client, sent with the results
         self._client_handlers = {P.TASKS: self._on_client_tasks, P.FUNCS: self._on_client_funcs,
                                  P.HEARTBEAT: self._on_client_heartbeat, P.CANCEL: self._on_client_cancel,
                                  P.COMMAND: self._on_client_command, P.SHUTDOWN: self._on_client_shutdown}
         self._manager_handlers = {P.RESULTS: self._on_manager_results, P.HEARTBEAT: self._on_manager_heartbeat,
                                   P.DRAIN: self._on_manager_drain, P.BYE: self._on_manager_bye,
-                                  P.REGISTER: self._on_manager_register}
+                                  P.REGISTER: self._on_manager_register, P.STARTED: self._on_manager_started}
         self._commands = {"managers": self._cmd_managers, "connected_blocks": self._cmd_connected_blocks,
                           "outstanding": self._cmd_outstanding, "hold_block": self._cmd_hold_block,
                           "stats": self._cmd_stats}
@@ -166,9 +167,13 @@ class Interchange:
         pass    # last_client is updated for every message
 
     def _on_client_cancel(self, body, payloads, now: float) -> None:
-        cancelled = self.scheduler.cancel(P.parse_cancel(body))
+        tids = P.parse_cancel(body)
+        cancelled = self.scheduler.cancel(tids)
         logger.info("cancelled %d queued task(s) at the client's request", len(cancelled))
         self._send_client(P.pack_cancel_confirmed(cancelled))   # these will never report
+        # the others are at managers: each drops those no worker has taken yet (and answers them)
+        for mid, held in self.scheduler.owners(tids).items():
+            self._send_manager(mid, P.pack_cancel(held))
 
     def _on_client_command(self, body, payloads, now: float) -> None:
         cmd = P.parse_command(body)
@@ -284,6 +289,10 @@ class Interchange:
         if hb.warm is not None:
             # container keys with a ready worker there: dispatch prefers such managers
             self.scheduler.set_warm(m.mid, hb.warm)
+
+    def _on_manager_started(self, m, body, payloads, now: float) -> None:
+        tasks, mid = self.scheduler.tasks, m.mid
+        self.started.extend(t for t in P.parse_started(body) if t in tasks and tasks[t].manager == mid)
 
     def _on_manager_drain(self, m, body, payloads, now: float) -> None:
         self.scheduler.deactivate(m.mid)
@@ -471,6 +480,9 @@ class Interchange:
             logger.exception("%s port: dropped a message that broke its handler (peer %r)", port, frames[0][:64])
 
     def flush_results(self) -> None:
+        if self.started:
+            self._send_client(P.pack_started(self.started))
+            self.started = []
         if self.outbox:
             self.stats["results_sent"] += len(self.outbox)
             self._send_client(P.pack_results(self.outbox))

@@ -98,6 +98,11 @@ class Manager(ContainerWorkers):
         self.terminate_reason = ""
         self.advertised_prefetch = -1
         self.malformed = 0
+        # tasks handed to a worker and not yet reported STARTED (tid -> None, in order), since when;
+        # and tasks the client cancelled before a worker got them (answered with FAILED results)
+        self.unreported: Dict[int, None] = {}
+        self.unreported_since: Optional[float] = None
+        self.withdrawn: List[int] = []
         self.start_time = time.time()
         self.drain_at = self._drain_deadline()
 
@@ -434,6 +439,9 @@ class Manager(ContainerWorkers):
         try:
             while self.running:
                 timeout = 0 if self.table.assignable() else WORKER_CHECK_PERIOD * 1000
+                if self.unreported_since is not None:
+                    due = self.unreported_since + P.STARTED_DELAY - now
+                    timeout = min(timeout, max(0.0, due) * 1000)
                 events = poller.poll(timeout)
                 now = time.monotonic()
                 for sock, _ in events:
@@ -465,9 +473,16 @@ class Manager(ContainerWorkers):
                         self.container_names or len(self.table.slots) < self.n_workers
                         or any(self.table.cqueues.values())):
                     self.manage_containers(results, payloads)
+                if self.withdrawn:
+                    self.answer_withdrawn(results, payloads)
                 if results:
+                    if self.unreported:
+                        for r in results:
+                            self.unreported.pop(r[0], None)
                     send(ic_sock, P.pack(P.RESULTS, results, payloads))
                     results, payloads = [], []
+                if self.unreported_since is not None:
+                    self.report_started(now)
                 if now - last_capacity >= CAPACITY_UPDATE_PERIOD and not self.draining:
                     last_capacity = now
                     self.update_capacity()
@@ -507,6 +522,8 @@ class Manager(ContainerWorkers):
                     self.codes[fid] = code
             elif msg_type == P.HEARTBEAT:
                 pass
+            elif msg_type == P.CANCEL:
+                self.withdrawn.extend(t[0] for t in self.table.withdraw(set(P.parse_cancel(body))))
             elif msg_type == P.HOLD:
                 self.start_drain("the executor is scaling in this block", notify=False)
             elif msg_type in (P.SHUTDOWN, P.REFUSED):
@@ -559,6 +576,26 @@ class Manager(ContainerWorkers):
             self.malformed += 1
             logger.error("dropped malformed message from worker %d: %s", wid, e)
 
+    def report_started(self, now: float) -> None:
+        """Tell the interchange which tasks workers have taken, once the oldest of them has run for
+        ``STARTED_DELAY`` without a result (a result says it by itself): their futures become
+        running().  One small message per STARTED_DELAY at most, none for short tasks."""
+        if not self.unreported:
+            self.unreported_since = None
+        elif now - self.unreported_since >= P.STARTED_DELAY:
+            send(self.ic, P.pack_started(list(self.unreported)))
+            self.unreported.clear()
+            self.unreported_since = None
+
+    def answer_withdrawn(self, results: list, payloads: list) -> None:
+        """Tasks cancelled by the client before any worker took them never run: each is answered with a
+        FAILED result, which completes it at the interchange (the client's future is cancelled already)."""
+        for tid in self.withdrawn:
+            results.append([tid, P.FAILED])
+            payloads.append(P.failure_payload("FAILED", f"task {tid} was cancelled before it started", 0))
+        logger.info("dropped %d queued task(s) the client cancelled", len(self.withdrawn))
+        self.withdrawn = []
+
     def dispatch_to_workers(self, now: float, results: list, payloads: list) -> None:
         for slot, batch in self.table.assign(now):
             chan = self.chans.get(slot.wid)
@@ -572,6 +609,11 @@ class Manager(ContainerWorkers):
                     chan.send(P.pack(P.FUNCS, have, [self.codes[f] for f in have]))
                     slot.fids.update(have)
                 chan.send(P.pack(P.TASKS, [[t[0], t[1], t[2], t[3]] for t in batch], [t[4] for t in batch]))
+                unreported = self.unreported
+                for t in batch:
+                    unreported[t[0]] = None
+                if self.unreported_since is None:
+                    self.unreported_since = now
                 if self.args.debug:
                     logger.debug("tasks %s -> worker %d", [t[0] for t in batch], slot.wid)
             except OSError as e:

@@ -83,7 +83,10 @@ TASKS       client -> ic,         [[tid, fid, kind, spec], ...]; one payload fra
             ic -> mgr, mgr -> wkr
 RESULTS     wkr -> mgr, mgr -> ic [[tid, status], ...]; one payload frame per result
             ic -> client
-CANCEL      client -> ic          [tid, ...]
+CANCEL      client -> ic,         [tid, ...]
+            ic -> mgr
+STARTED     mgr -> ic,            [tid, ...]: tasks a worker has taken
+            ic -> client
 COMMAND     client -> ic          [req_id, name, args]; req_id >= 1
 REPLY       ic -> client          [req_id, result]; req_id 0: [0, [tid, ...]] confirms a CANCEL
 EVENT       ic -> client          {kind: "registered", manager, block_id, workers}
@@ -125,7 +128,11 @@ Client and interchange (``EngineClient``, ``Interchange.handle_client``):
   the client cancelled it: CANCEL asks the interchange to drop queued tasks; the interchange answers
   one REPLY with req_id 0, ``[0, [tid, ...]]``, listing the tasks it dropped.  Those tasks MUST
   NOT be answered later, and the client MAY forget them.  A cancelled task already dispatched is
-  not listed: it runs, and its result arrives as usual (the client discards it).
+  not listed: the interchange forwards the CANCEL to the manager holding it (see below), and its
+  result arrives as usual (the client discards it).
+* STARTED ``[tid, ...]`` from the interchange: workers have taken these tasks (forwarded from their
+  managers, only for tasks the sending manager owns).  The client marks their futures running(),
+  after which cancel() returns False, as ``concurrent.futures`` requires of a running task.
 * COMMAND ``[req_id, name, args]`` is answered by REPLY ``[req_id, result]``; req_id MUST be >= 1
   (0 is reserved for cancel confirmations).  Names: ``managers``, ``connected_blocks``,
   ``outstanding``, ``hold_block`` (args: a block id), ``stats``; an unknown name is answered
@@ -134,9 +141,10 @@ Client and interchange (``EngineClient``, ``Interchange.handle_client``):
   client can fail its futures with ``VersionMismatch``), lost (how many of its tasks were requeued
   and how many failed).
 * Both ends send HEARTBEAT every ``heartbeat_period``; any message counts as a sign of life.  The
-  interchange exits when the client is silent past ``client_threshold``; the client fails every
-  pending future when the interchange is silent past ``heartbeat_threshold``.  Either end seeing
-  the socketpair close treats the peer as gone at once.
+  client fails every pending future when the interchange is silent past ``heartbeat_threshold``.
+  The interchange MUST NOT treat a silent client as gone (its I/O thread may be held up by a main
+  thread keeping the GIL in a long C call): it exits when the socketpair closes or the client
+  process is gone (its parent pid changes), which it sees at once.
 * SHUTDOWN from the client: the interchange sends SHUTDOWN to every manager and exits.
 
 Interchange and manager (``Interchange.handle_manager``, ``Manager``):
@@ -158,6 +166,13 @@ Interchange and manager (``Interchange.handle_manager``, ``Manager``):
   a manager exits when the interchange is silent that long.
 * DRAIN: dispatch nothing more to this manager (it finishes what it holds, then says BYE).  HOLD:
   the interchange asks the manager to drain (scale-in); the manager does not answer DRAIN.
+* CANCEL ``[tid, ...]`` to a manager: the client cancelled these tasks.  The manager MUST drop
+  those no worker has taken yet and answer each with a FAILED result (which completes it at the
+  interchange); one a worker has taken runs on and is answered as usual.
+* STARTED ``[tid, ...]``: the manager has handed these tasks to a worker.  It SHOULD send it only
+  for tasks still unanswered ``STARTED_DELAY`` after it handed out the oldest of them (a result
+  implies it), so short tasks cost no message; the interchange forwards those it still records as
+  owned by that manager to the client.
 * BYE: the manager is exiting.  ``lost`` lists the tasks it still held, for the log; the interchange
   MUST NOT rely on it, and requeues every task its own ownership record gives that manager.
 * SHUTDOWN: the manager MUST stop its workers and exit (it says BYE first).
@@ -166,8 +181,9 @@ Manager and worker (``Manager``, ``faasx.executor.worker``):
 
 * The worker MUST send READY first; the manager assigns tasks only to ready workers.  A container
   worker whose versions differ is refused (its tasks fail with a clear error).
-* The manager sends FUNCS and TASKS; the worker answers RESULTS (batched: a flush at most every
-  ``FLUSH_INTERVAL`` of a long batch).  SHUTDOWN: exit now.
+* The manager sends FUNCS and TASKS; the worker answers RESULTS, batched, but a result MUST NOT
+  wait for later tasks of its batch longer than ``FLUSH_INTERVAL`` (the worker's flusher thread
+  sends it while the next task runs).  SHUTDOWN: exit now.
 
 6. Versioning
 -------------
@@ -206,12 +222,13 @@ HOLD = 15
 READY = 16
 SHUTDOWN = 17
 BYE = 18
+STARTED = 19
 
 TYPE_NAMES: Dict[int, str] = {
     HELLO: "HELLO", WELCOME: "WELCOME", FUNCS: "FUNCS", TASKS: "TASKS", RESULTS: "RESULTS",
     CANCEL: "CANCEL", COMMAND: "COMMAND", REPLY: "REPLY", EVENT: "EVENT", REGISTER: "REGISTER",
     REGISTERED: "REGISTERED", REFUSED: "REFUSED", HEARTBEAT: "HEARTBEAT", DRAIN: "DRAIN", HOLD: "HOLD",
-    READY: "READY", SHUTDOWN: "SHUTDOWN", BYE: "BYE",
+    READY: "READY", SHUTDOWN: "SHUTDOWN", BYE: "BYE", STARTED: "STARTED",
 }
 
 # result statuses
@@ -233,6 +250,8 @@ KINDS = (KIND_CALL, KIND_MAP)
 CANCEL_CONFIRMED = 0   # the REPLY req_id that confirms a CANCEL
 
 FID_SIZE = 16
+
+STARTED_DELAY = 0.01   # seconds a task handed to a worker may finish in before its manager reports STARTED
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 _new_tuple = tuple.__new__   # builds a record without NamedTuple.__new__'s Python frame (hot path)
@@ -467,6 +486,16 @@ def pack_cancel(tids: Sequence[int]) -> List[bytes]:
 def parse_cancel(body: Any) -> List[int]:
     if not isinstance(body, list):
         raise ProtocolError("CANCEL body must be a list of task ids")
+    return [t for t in body if type(t) is int]
+
+
+def pack_started(tids: Sequence[int]) -> List[bytes]:
+    return pack(STARTED, list(tids))
+
+
+def parse_started(body: Any) -> List[int]:
+    if not isinstance(body, list):
+        raise ProtocolError("STARTED body must be a list of task ids")
     return [t for t in body if type(t) is int]
 
 

@@ -183,8 +183,18 @@ class Scheduler:
             q.push(rec)
         return duplicates
 
+    def owners(self, tids: Iterable[int]) -> Dict[bytes, List[int]]:
+        """The tasks of ``tids`` that managers hold, grouped by manager."""
+        out: Dict[bytes, List[int]] = {}
+        tasks = self.tasks
+        for tid in tids:
+            rec = tasks.get(tid)
+            if rec is not None and rec.manager is not None:
+                out.setdefault(rec.manager, []).append(tid)
+        return out
+
     def cancel(self, tids: Iterable[int]) -> List[int]:
-        """Cancel tasks that are still queued; tasks already at a manager run to completion."""
+        """Cancel tasks that are still queued here (those at a manager: ``owners``, for the interchange to tell it)."""
         cancelled = []
         for tid in tids:
             rec = self.tasks.get(tid)

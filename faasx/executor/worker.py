@@ -25,6 +25,7 @@ import resource
 import select
 import socket
 import sys
+import threading
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -41,7 +42,61 @@ from faasx.executor.serialization import (deserialize, deserialize_function, ser
 
 logger = logging.getLogger("faasx.worker")
 
-FLUSH_INTERVAL = 0.005   # seconds between result flushes inside a long batch
+FLUSH_INTERVAL = 0.005   # how long a finished result may wait for the rest of its batch
+
+
+class ResultFlusher:
+    """The results of a batch, sent as they finish.
+
+    A batch of many tasks goes back as one RESULTS message; but a result that is ready must not wait
+    for a slow task later in the same batch (``map(timeout=)``, ``wait(FIRST_EXCEPTION)`` and
+    ``as_completed`` see it at once with ProcessPoolExecutor).  While the worker's thread runs the
+    rest of a batch, this object's own thread sends what has waited ``FLUSH_INTERVAL``.  The thread
+    is woken only when a result waits with more tasks of its batch to run, so lone tasks (and the
+    last result of every batch) cost nothing extra; ``_cond`` guards the pending lists and the send.
+    """
+
+    def __init__(self, send: Callable[[List[bytes]], None]):
+        self._send = send
+        self._cond = threading.Condition()
+        self._results: List[P.Result] = []
+        self._since: Optional[float] = None      # when the oldest waiting result was added
+        self._thread: Optional[threading.Thread] = None
+
+    def add(self, tid: int, status: int, data: bytes, more: bool) -> None:
+        with self._cond:
+            self._results.append(P.Result(tid, status, data))
+            if more and self._since is None:
+                self._since = time.monotonic()
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="faasx-result-flusher", daemon=True)
+                    self._thread.start()
+                self._cond.notify()
+
+    def flush(self) -> None:
+        with self._cond:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        self._since = None
+        if self._results:
+            results, self._results = self._results, []
+            self._send(P.pack_results(results))
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                if self._since is None:
+                    self._cond.wait()
+                    continue
+                left = self._since + FLUSH_INTERVAL - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                try:
+                    self._flush_locked()
+                except OSError:        # the manager is gone: the worker's own loop sees it and exits
+                    return
 
 
 class Worker:
@@ -57,6 +112,7 @@ class Worker:
                             max_message=max_payload_size * 2 + (64 << 20))
         self.malformed = 0
         self.output = TaskOutput()     # replaced by task_output.install() in a real worker process
+        self.flusher = ResultFlusher(self.send)
 
     def send(self, frames: List[bytes]) -> None:
         self.chan.send(frames)
@@ -97,9 +153,7 @@ class Worker:
                 logger.error("worker %d: dropped malformed message from manager: %s", self.worker_id, e)
 
     def run_batch(self, records: List[list], payloads) -> None:
-        out_body: List[list] = []
-        out_payloads: List[bytes] = []
-        last_flush = time.perf_counter()
+        flusher = self.flusher
         n = len(records)
         output = self.output
         for i, (tid, fid, kind, spec) in enumerate(records):
@@ -115,16 +169,9 @@ class Worker:
                 status, data = self.execute(tid, fid, kind, payloads[i])
             if self.debug:
                 logger.debug("task %d: done (status %d, %d bytes)", tid, status, len(data))
-            out_body.append([tid, status])
-            out_payloads.append(data)
-            if i + 1 < n:
-                now = time.perf_counter()
-                if now - last_flush > FLUSH_INTERVAL:
-                    self.send(P.pack(P.RESULTS, out_body, out_payloads))
-                    out_body, out_payloads, last_flush = [], [], now
+            flusher.add(tid, status, data, more=i + 1 < n)
         output.tid = None
-        if out_body:
-            self.send(P.pack(P.RESULTS, out_body, out_payloads))
+        flusher.flush()
 
     def execute(self, tid: int, fid: bytes, kind: int, payload: bytes):
         try:

@@ -121,6 +121,19 @@ class WorkerTable:
                     q = self.cqueues[key] = deque()
                 q.append(task)
 
+    def withdraw(self, tids: Set[int]) -> List[Task]:
+        """Remove and return the queued tasks (not yet at a worker) whose ids are in ``tids``."""
+        out: List[Task] = []
+        for key, q in [(None, self.queue)] + list(self.cqueues.items()):
+            if any(t[0] in tids for t in q):
+                keep = deque(t for t in q if t[0] not in tids)
+                out.extend(t for t in q if t[0] in tids)
+                if key is None:
+                    self.queue = keep
+                else:
+                    self.cqueues[key] = keep
+        return out
+
     def take_queued(self, key: str) -> List[Task]:
         """Remove and return every queued task of container ``key`` (to fail them)."""
         q = self.cqueues.pop(key, None)
