@@ -49,15 +49,34 @@ def wait_until_gone(job_ids):
     wait_for(gone, timeout=60, interval=0.2, what=f"jobs {sorted(job_ids)} to leave squeue")
 
 
+def processes_naming(*paths):
+    """Live processes on any node (they share this host's PID space) whose command line names a path."""
+    import psutil
+    found = []
+    for p in psutil.process_iter():
+        try:
+            cmd = " ".join(p.cmdline())
+            if p.pid != os.getpid() and any(path in cmd for path in paths) and p.status() != psutil.STATUS_ZOMBIE:
+                found.append((p.pid, cmd[:160]))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
 @pytest.fixture(scope="module")
 def ex(on_multinode, mpich, tmp_path_factory):
+    """One 2-node block for the module.  At the end: its job leaves the queue and nothing it started --
+    manager, workers, launchers, MPI ranks -- is left on any node."""
+    from tests.support import wait_for
     blocks = provider(on_multinode, mpich)
+    run_dir = str(tmp_path_factory.mktemp("mpi_mn"))
     with faasx.Executor(blocks, address=on_multinode.host_address, encrypted=True,
                         mpi_launcher="mpiexec", max_workers_per_block=2, max_retries_on_system_failure=0,
-                        heartbeat_period=1, heartbeat_threshold=10,
-                        run_dir=str(tmp_path_factory.mktemp("mpi_mn"))) as executor:
+                        heartbeat_period=1, heartbeat_threshold=10, run_dir=run_dir) as executor:
         yield executor
     wait_until_gone(set(blocks.resources))
+    wait_for(lambda: not processes_naming(run_dir, mpich.allreduce), timeout=30, interval=0.2,
+             what=lambda: f"the block's processes to end: {processes_naming(run_dir, mpich.allreduce)}")
 
 
 def test_allreduce_across_two_nodes_through_executor(ex, mpich):
@@ -68,6 +87,8 @@ def test_allreduce_across_two_nodes_through_executor(ex, mpich):
     hosts = [x[2] for x in found]
     assert len(set(hosts)) == 2, hosts                   # ranks on two distinct nodes, two on each
     assert sorted(hosts.count(h) for h in set(hosts)) == [2, 2]
+    # what the module's teardown checks is gone: the block's manager and workers, found by their run dir
+    assert any("faasx-manager" in cmd or "manager" in cmd for _pid, cmd in processes_naming(ex.run_dir))
 
 
 def test_concurrent_one_node_tasks_pack_the_nodes(ex, mpich, tmp_path):
