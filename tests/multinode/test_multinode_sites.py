@@ -19,6 +19,7 @@ line is exactly the site's, and one manager per node serves tasks with the site'
 """
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -27,8 +28,8 @@ from tests.support import wait_for
 
 from mn_support import WORKER_INIT, serve_every_node, wait_for_managers
 
-pytestmark = pytest.mark.multinode
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEVICE_VARIABLE = {"perlmutter": "CUDA_VISIBLE_DEVICES", "frontier": "ROCR_VISIBLE_DEVICES",
                    "polaris": "CUDA_VISIBLE_DEVICES", "aurora": "ZE_AFFINITY_MASK"}
 
@@ -88,6 +89,7 @@ SITES = {
 }
 
 
+@pytest.mark.multinode
 @pytest.mark.parametrize("site", sorted(SITES))
 def test_site_launcher_runs_one_manager_per_node_with_the_sites_devices(site, multinode, tmp_path):
     """2-node blocks of the site's configuration: the launch line is the site's (recorded), one manager
@@ -128,3 +130,23 @@ def test_site_launcher_runs_one_manager_per_node_with_the_sites_devices(site, mu
             return seen >= expected
         wait_for(all_devices_seen, timeout=60, interval=0, what=lambda: f"devices {expected}, seen {seen}")
         assert seen == expected, f"{site}: workers ran with devices {seen - expected} that are not the site's"
+
+
+def test_the_readme_shows_the_launch_line_each_site_writes():
+    """Each ``configs.<site>(...)`` line of the README's "Multi-node blocks per site" and the comment under
+    it: the comment is the launch line that site's launcher writes for that block (up to the command;
+    for mpiexec up to the host file, which the job fills in).  No cluster needed."""
+    import re
+    from faasx import configs
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    section = readme.split("### Multi-node blocks per site", 1)[1].split("\n###", 1)[0]
+    block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    pairs = re.findall(r"^configs\.(\w+)\((.*?)\)[^\n]*\n# ((?:srun|mpiexec) [^\n]*)", block, re.M)
+    assert {site for site, _, _ in pairs} == {"perlmutter", "frontier", "polaris"}, pairs
+    for site, call, shown in pairs:
+        kwargs = eval(f"configs.executor_kwargs({site!r}, {call}, interface=None)", {"configs": configs})
+        fragment = kwargs["provider"].launcher("<manager>", 1, kwargs["provider"].nodes_per_block)
+        written = next(line for line in fragment.splitlines() if line.startswith(("srun ", "mpiexec ")))
+        cut = " --hostfile " if shown.startswith("mpiexec") else " /bin/bash -c "
+        assert written.split(cut)[0] == shown.split(cut)[0], f"{site}: README shows {shown!r}, faasx writes {written!r}"
