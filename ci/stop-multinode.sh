@@ -67,9 +67,11 @@ if [[ -f $D/nodes ]]; then
   done < "$D/nodes"
   i=0
   while read -r _; do i=$((i + 1)); ip link del "fxv$i" 2>/dev/null; done < "$D/nodes"
+  # only the cluster recorded here made the bridge and the names: another $SLURM_MN_DIR's stop
+  # (e.g. of a start that failed because this one runs) must leave them alone
+  ip link del "$BRIDGE" 2>/dev/null
+  sed -i '/# faasx-mn$/d' /etc/hosts
 fi
-ip link del "$BRIDGE" 2>/dev/null
-sed -i '/# faasx-mn$/d' /etc/hosts
 
 if [[ ${SLURM_MN_KEEP:-0} == 1 ]]; then say "kept $D"; else rm -rf "$D"; fi
 say "stopped"
