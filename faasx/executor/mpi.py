@@ -285,6 +285,19 @@ class MpiWorkerTable(WorkerTable):
             self._place_waiting()
         return lost
 
+    def withdraw(self, tids) -> List[Task]:
+        """Cancelled tasks that no worker has taken: those waiting for nodes, and those holding nodes in
+        the worker queue (their nodes go back to the pool)."""
+        out = super().withdraw(tids)
+        freed = any([self.pool.release(task[0]) for task in out])
+        if any(task[0] in tids for task in self.waiting):
+            out.extend(task for task in self.waiting if task[0] in tids)
+            self.waiting = deque(task for task in self.waiting if task[0] not in tids)
+            freed = True     # the head of the line may have gone
+        if freed:
+            self._place_waiting()
+        return out
+
     def held(self) -> int:
         return super().held() + len(self.waiting)
 

@@ -18,6 +18,7 @@ from faasx.executor.mpi import MPIPlacementError
 from faasx.launchers import SimpleLauncher
 from faasx.mpi import MPIFunction, MPIPythonFunction, ShellFunction, ShellResult
 from faasx.providers import LocalProvider
+from tests.support import wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -45,6 +46,19 @@ def meet(directory: str, me: str, other: str, timeout: float = 60.0):
             return os.environ.get("PARSL_MPI_NODELIST"), False, time.time()
         time.sleep(0.02)
     return os.environ.get("PARSL_MPI_NODELIST"), True, time.time()
+
+
+def hold_until(path: str, timeout: float = 60.0):
+    import os
+    import time
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return os.environ.get("PARSL_MPI_NODELIST")
+
+
+def touch(path: str):
+    open(path, "w").close()
 
 
 def crash():
@@ -112,6 +126,21 @@ def test_the_nodes_of_a_crashed_task_go_back_to_the_pool(ex):
         submit(ex, crash, {"num_nodes": 2}).result(60)
     env, _, _ = submit(ex, placement, {"num_nodes": 2}).result(60)
     assert env["PARSL_MPI_NODELIST"] == "fake1,fake2"
+
+
+def test_a_cancelled_task_waiting_for_nodes_never_runs(ex, tmp_path):
+    go, ran = str(tmp_path / "go"), str(tmp_path / "ran")
+    holder = submit(ex, hold_until, {"num_nodes": 2}, go)
+    waiting = submit(ex, touch, {"num_nodes": 2}, ran)
+    # the second is at the manager, waiting for the nodes the first holds (not at the interchange, where
+    # a cancel would stop it without the manager's part being exercised)
+    wait_for(lambda: sum(m["tasks"] for m in ex.executor.connected_managers()) == 2, timeout=30,
+             what="both tasks to be held by the block's manager")
+    assert waiting.cancel() and waiting.cancelled()
+    touch(go)
+    assert holder.result(60) == "fake1,fake2"
+    assert submit(ex, placement, {"num_nodes": 2}).result(60)[0]["PARSL_MPI_NODELIST"] == "fake1,fake2"
+    assert not os.path.exists(ran)
 
 
 def test_a_failing_command_is_a_result_with_its_output(ex):

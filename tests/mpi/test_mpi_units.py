@@ -174,6 +174,15 @@ def test_no_more_tasks_hold_nodes_than_there_are_workers():
     assert sorted(nodes) == [1, 2] and t.pool.free == ["n3"]
 
 
+def test_cancelled_tasks_leave_the_line_and_give_back_their_nodes():
+    t = MpiWorkerTable("srun", ["n1", "n2"], max_running=2)   # no worker ready yet: tasks stay queued
+    t.enqueue([task(1, num_nodes=1), task(2, num_nodes=2), task(3, num_nodes=1)])
+    assert t.pool.held == {1: ["n1"]} and [x[0] for x in t.waiting] == [2, 3]
+    assert sorted(x[0] for x in t.withdraw({1, 2})) == [1, 2]   # 1 held a node in the queue, 2 waited
+    assert t.pool.held == {3: ["n1"]} and not t.waiting           # 3 moved up and took the freed node
+    assert t.all_tids() == [3] and t.held() == 1
+
+
 def test_an_oversize_task_is_failed_at_once_not_left_waiting():
     t = table()
     t.enqueue([task(1, num_nodes=3), task(2, num_nodes=1)])
