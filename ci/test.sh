@@ -45,7 +45,7 @@ for v in $OTHER_VERSIONS; do
     fi
     echo "== python $v: venv $VENVS/py$v from $interp"
     [ -x "$VENVS/py$v/bin/python" ] || "$interp/bin/python" -m venv "$VENVS/py$v"
-    "$VENVS/py$v/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test]"
+    "$VENVS/py$v/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test-fast]"
     other_pythons+=("$v")
 done
 if [ ${#other_pythons[@]} -gt 0 ]; then
