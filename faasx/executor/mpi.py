@@ -166,14 +166,14 @@ def expand_hostlist(hostlist: str) -> List[str]:
 def block_nodes(environ: Mapping[str, str] = os.environ) -> List[str]:
     """The nodes of the job this process runs in, first the one it runs on when the scheduler says so.
 
-    ``FAASX_MPI_NODELIST`` (comma-separated) wins; then PBS's ``PBS_NODEFILE`` (one line per rank slot:
-    each node once, in order), then Slurm's ``SLURM_JOB_NODELIST`` / ``SLURM_NODELIST``; otherwise this
-    host alone (a local block is one node).
+    ``FAASX_MPI_NODELIST`` (comma-separated) wins; then PBS's ``PBS_NODEFILE`` or Cobalt's
+    ``COBALT_NODEFILE`` (a line per node or per rank slot: each node once, in order), then Slurm's
+    ``SLURM_JOB_NODELIST`` / ``SLURM_NODELIST``; otherwise this host alone (a local block is one node).
     """
     given = environ.get(NODELIST_VAR)
     if given:
         return [n.strip() for n in given.split(",") if n.strip()]
-    nodefile = environ.get("PBS_NODEFILE")
+    nodefile = environ.get("PBS_NODEFILE") or environ.get("COBALT_NODEFILE")
     if nodefile:
         with open(nodefile) as f:
             return list(dict.fromkeys(line.strip() for line in f if line.strip()))

@@ -84,6 +84,7 @@ def test_block_nodes_from_each_scheduler(tmp_path):
     nodefile = tmp_path / "nodefile"
     nodefile.write_text("x3001\nx3001\nx3002\nx3002\n")   # PBS: one line per slot
     assert block_nodes({"PBS_NODEFILE": str(nodefile)}) == ["x3001", "x3002"]
+    assert block_nodes({"COBALT_NODEFILE": str(nodefile)}) == ["x3001", "x3002"]
     assert block_nodes({"SLURM_JOB_NODELIST": "nid[000100-000101]"}) == ["nid000100", "nid000101"]
     assert block_nodes({"SLURM_NODELIST": "node[3-4]"}) == ["node3", "node4"]
     assert block_nodes({"FAASX_MPI_NODELIST": "a, b", "SLURM_JOB_NODELIST": "node1"}) == ["a", "b"]
