@@ -30,6 +30,7 @@ import itertools
 import json
 import logging
 import os
+import queue
 import select
 import socket
 import subprocess
@@ -81,6 +82,15 @@ class TaskFuture(Future):
         self._client._cancel(self.parsl_executor_task_id)
         return True
 
+    def _invoke_callbacks(self) -> None:
+        # Future.set_result/set_exception/cancel end here.  On the I/O thread, user callbacks would
+        # stall the engine (heartbeats, every other result), so they go to the callback thread; in
+        # any other thread (a cancel() by the user) they run in place, as in the stdlib.
+        if self._done_callbacks and threading.current_thread() is self._client._thread:
+            self._client.callbacks.put(self)
+        else:
+            super()._invoke_callbacks()
+
     def _mark_running(self) -> None:
         """A worker has taken the task (STARTED): from now on cancel() returns False, as for a task
         ProcessPoolExecutor has moved to its call queue.  Under the condition, so that a concurrent
@@ -88,6 +98,50 @@ class TaskFuture(Future):
         with self._condition:
             if not self.cancelled() and not self.running() and not self.done():
                 self.set_running_or_notify_cancel()
+
+
+class CallbackThread:
+    """Runs the done-callbacks of futures the I/O thread resolved, in the order they resolved.
+
+    The stdlib runs callbacks on the thread that sets the result; here that is the I/O thread, which
+    must stay free to move results and heartbeats, so it hands each future with callbacks to this
+    thread instead (``TaskFuture._invoke_callbacks``).  A slow callback delays only later callbacks,
+    never the engine.  Started on first use; ``stop()`` lets it finish the callbacks already queued.
+    """
+
+    def __init__(self, label: str):
+        self.label = label
+        self._queue: "queue.SimpleQueue[Optional[Future]]" = queue.SimpleQueue()
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+
+    def put(self, fut: Future) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name=f"faasx-callbacks-{self.label}",
+                                                    daemon=True)
+                    self._thread.start()
+        self._queue.put(fut)
+
+    def is_current(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def _run(self) -> None:
+        while True:
+            fut = self._queue.get()
+            if fut is None:
+                return
+            Future._invoke_callbacks(fut)     # logs and swallows each callback's exception
+
+    def stop(self, timeout: float) -> None:
+        """End the thread after the queued callbacks (waits ``timeout``; never joins itself)."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._queue.put(None)
+        if thread is not threading.current_thread():
+            thread.join(timeout)
 
 
 def _failure_exception(status: int, payload: bytes, tid: int) -> BaseException:
@@ -150,6 +204,7 @@ class EngineClient:
         self._stopped = threading.Event()
         self._fatal: Optional[BaseException] = None
         self._thread: Optional[threading.Thread] = None
+        self.callbacks = CallbackThread(label)
         self.ic_proc: Optional[subprocess.Popen] = None
         self.ports: Dict[str, int] = {}    # {"manager_port": n}
         self.memo_store = None            # a MemoStore, set by the executor
@@ -633,6 +688,7 @@ class EngineClient:
                 logger.warning("executor %s: the interchange did not exit within %ss; killing it", self.label, timeout)
                 self._kill_interchange()
         self._fail_pending(ExecutorShutdown(f"executor {self.label} was shut down before the task finished"))
+        self.callbacks.stop(timeout)
         if self._thread is not None:
             self._thread.join(timeout)
             if self.link is not None:

@@ -11,9 +11,10 @@ task payloads and results pass through as opaque frames, never deserialized here
 Each loop iteration drains whatever is waiting on the client link and the manager socket, lets the
 scheduler dispatch, sends one TASKS message per manager that got work and one RESULTS message to the
 client, then does the periodic work: heartbeats both ways, expiring silent managers (their tasks are
-re-dispatched or failed), and exiting when the client is gone (its end of the link closed, its
-process gone, or silent past ``heartbeat_threshold``).  Sends to the client never block: what the
-link will not take now waits for it to become writable.
+re-dispatched or failed), and exiting when the client is gone: its end of the link closed or its
+process gone.  Never for silence: the client's I/O thread may be held up for a while (a main thread
+in a long C call that keeps the GIL), and that must not fail the tasks it submitted.  Sends to the
+client never block: what the link will not take now waits for it to become writable.
 
 The configuration arrives as one JSON line on stdin; the bound manager port goes back as one JSON
 line on stdout, after which stdout is closed.
@@ -52,7 +53,6 @@ class Interchange:
         self.token: str = cfg["token"]
         self.hb_period: float = cfg["heartbeat_period"]
         self.hb_threshold: float = cfg["heartbeat_threshold"]
-        self.client_threshold: float = cfg.get("client_threshold", cfg["heartbeat_threshold"])
         self.parent_pid: int = cfg.get("parent_pid") or os.getppid()
         self.debug: bool = cfg.get("debug", False)
         self.scheduler = Scheduler(max_retries=cfg["max_retries"])
@@ -508,9 +508,6 @@ class Interchange:
         self.flush_results()
         if os.getppid() != self.parent_pid:
             logger.error("the client process %d is gone; shutting down", self.parent_pid)
-            self.running = False
-        elif self.client_ready and now - self.last_client > self.client_threshold:
-            logger.error("the client has been silent for %.1fs; shutting down", now - self.last_client)
             self.running = False
 
     def shutdown(self) -> None:

@@ -79,7 +79,9 @@ class Executor(concurrent.futures.Executor):
         if faasx_logger.level == logging.NOTSET or faasx_logger.level > self._log_handler.level:
             faasx_logger.setLevel(self._log_handler.level)
         self._shutdown_lock = threading.Lock()
-        self._shut_down = False
+        self._shut_down = False      # no new tasks (set by shutdown(), under _shutdown_lock)
+        self._torn_down = False      # the engine is stopped (set once, by _teardown())
+        self._finisher: Optional[threading.Thread] = None   # shutdown(wait=False)'s background wait
         self._poller = None
         try:
             self.executor.start()
@@ -178,25 +180,47 @@ class Executor(concurrent.futures.Executor):
 
     # ---- shutdown ----------------------------------------------------------------------------
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop the executor.  ``cancel_futures`` cancels tasks not yet running; ``wait`` waits for
-        the rest to finish first (with ``wait=False`` that happens in the background)."""
+        """Stop the executor, as ``concurrent.futures`` does: no new tasks from now on;
+        ``cancel_futures`` cancels the tasks no worker has started; ``wait`` waits for the others to
+        finish first (with ``wait=False`` they finish in the background, and interpreter exit waits
+        for them).  Called again, it does what is left (a teardown that raised, or that ``wait=False``
+        left to the background)."""
         with self._shutdown_lock:
-            if self._shut_down:
-                return
             self._shut_down = True
+            if self._torn_down:
+                return
         client = self.executor._client
         pending = list(client.futures.values()) if client is not None else []
         if cancel_futures:
             for fut in pending:
                 fut.cancel()
-        if wait:
-            concurrent.futures.wait(pending)
-            self._teardown()
-        else:
-            threading.Thread(target=lambda: (concurrent.futures.wait(pending), self._teardown()),
-                             name="faasx-shutdown", daemon=True).start()
+        if not wait:
+            if self._finisher is None:
+                self._finisher = threading.Thread(target=self._finish, args=(pending,), name="faasx-shutdown",
+                                                  daemon=True)
+                self._finisher.start()
+            return
+        if client is not None and client.callbacks.is_current():
+            # ProcessPoolExecutor raises here too (its thread cannot join itself): this thread would
+            # wait for callbacks queued behind the one running now
+            raise RuntimeError("cannot shutdown(wait=True) from a faasx done-callback: the callback thread "
+                               "would wait for itself. Use shutdown(wait=False) there (the tasks still finish "
+                               "and interpreter exit waits for them), or call shutdown() from another thread.")
+        self._finish(pending)
+
+    def _finish(self, pending: List[Future]) -> None:
+        """Wait for ``pending`` (and what wait=False left running), then stop the engine."""
+        concurrent.futures.wait(pending)
+        finisher = self._finisher
+        if finisher is not None and finisher is not threading.current_thread():
+            finisher.join()
+        self._teardown()
 
     def _teardown(self) -> None:
+        with self._shutdown_lock:
+            if self._torn_down:
+                return
+            self._torn_down = True
         if self._poller is not None:
             self._poller.close()
             self._poller = None
