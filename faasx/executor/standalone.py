@@ -233,10 +233,17 @@ class Executor(concurrent.futures.Executor):
 
 
 @atexit.register
-def _shutdown_live_executors() -> None:
+def _finish_live_executors() -> None:
+    """At interpreter exit, every executor still running finishes its submitted tasks first, as
+    ProcessPoolExecutor's do (a script that ends without shutdown(), or with shutdown(wait=False),
+    loses nothing).  Ctrl-C while it waits stops everything at once."""
     for ex in list(_live):
         try:
-            ex.shutdown(wait=False, cancel_futures=True)
-            ex._teardown()
+            ex.shutdown(wait=True)
+        except KeyboardInterrupt:
+            for left in list(_live):
+                left._teardown()
+            raise
         except Exception:
-            pass
+            logger.exception("executor %s: shutdown at interpreter exit failed", ex.executor.label)
+            ex._teardown()
