@@ -112,14 +112,15 @@ def test_a_manager_on_a_node_needs_the_run_keys_to_register(multinode, tmp_path)
 
 
 # ---- 3. elasticity per block ------------------------------------------------------------------------------
-def test_blocks_of_two_nodes_scale_out_under_load_and_in_when_idle(multinode):
+@pytest.mark.parametrize("kind", ["srun", "mpich"])
+def test_blocks_of_two_nodes_scale_out_under_load_and_in_when_idle(kind, multinode):
     """Parsl's 'simple' strategy with ``nodes_per_block=2``, ``max_blocks=2``: a burst scales out to two
     2-node jobs, each with one manager on each of its own 2 nodes; once idle for ``max_idletime`` both
     blocks are scaled in -- every manager of each leaves and both jobs leave squeue."""
-    from faasx.launchers import SrunLauncher
     from parsl.jobs.states import JobState
     cluster = multinode.cluster
-    provider = multinode.provider(nodes_per_block=2, max_blocks=2, launcher=SrunLauncher())
+    launcher, init = multinode.launcher(kind)
+    provider = multinode.provider(nodes_per_block=2, max_blocks=2, launcher=launcher, worker_init=init)
     with multinode.executor(provider, strategy="simple", strategy_period=0.5, max_idletime=3) as ex:
         futures = [ex.submit(where, 1.0) for _ in range(12)]
         managers = wait_for_managers(ex, 4, timeout=90)
@@ -140,15 +141,16 @@ def test_blocks_of_two_nodes_scale_out_under_load_and_in_when_idle(multinode):
 
 
 # ---- 4. walltime drain per block ------------------------------------------------------------------------
-def test_every_manager_of_a_block_drains_before_its_walltime(multinode):
+@pytest.mark.parametrize("kind", ["srun", "mpich"])
+def test_every_manager_of_a_block_drains_before_its_walltime(kind, multinode):
     """A 2-node block whose job ends 16 s after it starts (``FAASX_WALLTIME_END``; Slurm itself rounds the
     limit up to a minute).  Each of its managers drains ~3.5 s before that end (``drain_margin`` capped at
     25% of the time left when it starts): both stop taking tasks, finish the task each is running, say
     "drained" and exit, and the job ends COMPLETED.  Tasks submitted after the drain run on a new block."""
-    from faasx.launchers import SrunLauncher
     from parsl.jobs.states import JobState
+    launcher, init = multinode.launcher(kind)
     provider = multinode.provider(nodes_per_block=2, max_blocks=2, init_blocks=1, walltime="00:00:16",
-                                  launcher=SrunLauncher())
+                                  launcher=launcher, worker_init=init)
     with multinode.executor(provider, strategy="simple", strategy_period=0.5, max_idletime=30,
                             drain_margin=60, prefetch_capacity=0) as ex:
         wait_for_managers(ex, 2, block_id=0)
