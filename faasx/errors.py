@@ -26,19 +26,19 @@ class SerializationError(FaaSXError, TypeError):
     future when a worker cannot serialize the function's return value.
     """
 
-    def __init__(self, what: str, detail: str, task_id: Optional[int] = None):
+    DEFAULT_FIX = ("pass only picklable objects (no open files, sockets, locks or generators); "
+                   "create such resources inside the function instead.")
+
+    def __init__(self, what: str, detail: str, task_id: Optional[int] = None, fix: Optional[str] = None):
         self.what = what
         self.detail = detail
         self.task_id = task_id
+        self.fix = fix
         where = f"task {task_id}: " if task_id is not None else ""
-        super().__init__(
-            f"{where}cannot serialize {what}: {detail}. "
-            "Fix: pass only picklable objects (no open files, sockets, locks or generators); "
-            "create such resources inside the function instead."
-        )
+        super().__init__(f"{where}cannot serialize {what}: {detail}. Fix: {fix or self.DEFAULT_FIX}")
 
     def __reduce__(self):
-        return (type(self), (self.what, self.detail, self.task_id))
+        return (type(self), (self.what, self.detail, self.task_id, self.fix))
 
 
 class PayloadTooLarge(FaaSXError, ValueError):

@@ -41,8 +41,8 @@ from collections import deque
 from concurrent.futures import Future, InvalidStateError
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-from faasx.errors import (ExecutorShutdown, FaaSXError, InterchangeLost, ManagerLost, VersionMismatch,
-                          WorkerLost)
+from faasx.errors import (ExecutorShutdown, FaaSXError, InterchangeLost, ManagerLost, SerializationError,
+                          VersionMismatch, WorkerLost)
 from faasx.executor import affinity
 from faasx.executor import protocol as P
 from faasx.executor.channel import Channel, ChannelClosed, ChannelError
@@ -142,6 +142,23 @@ class CallbackThread:
         self._queue.put(None)
         if thread is not threading.current_thread():
             thread.join(timeout)
+
+
+def _check_spec(spec: dict) -> None:
+    """Raise SerializationError naming the key if the spec cannot travel in a TASKS header (msgpack:
+    plain str/int/float/bool/None/list/dict; ints within 64 bits, e.g. not ``{"priority": 2**64}``)."""
+    try:
+        P.pack(P.TASKS, [[0, b"", 0, spec]])
+    except Exception:
+        for key, value in spec.items():
+            try:
+                P.pack(P.TASKS, {key: value})
+            except Exception as e:
+                raise SerializationError(f"resource specification key {key!r} ({value!r:.60})",
+                                         f"{type(e).__name__}: {e}",
+                                         fix="resource specifications travel as msgpack: use ints within 64 "
+                                         "bits and plain str, float, bool, list and dict values") from None
+        raise
 
 
 def _failure_exception(status: int, payload: bytes, tid: int) -> BaseException:
@@ -310,14 +327,17 @@ class EngineClient:
             raise self._fatal
         if self._closing:
             raise ExecutorShutdown(f"executor {self.label} is shut down; no new tasks are accepted")
+        # every check before anything is recorded: submit() raises and leaves nothing, or succeeds
+        if code is None and fid not in self._known_fids:
+            raise FaaSXError(f"function {fid.hex()} has no code to send")
+        if spec is not None:
+            _check_spec(spec)
         tid = next(self._ids)
         fut = TaskFuture(tid, self)
         self.futures[tid] = fut
         if memo_key is not None:
             self._memo_keys[tid] = memo_key
         if fid not in self._known_fids:
-            if code is None:
-                raise FaaSXError(f"function {fid.hex()} has no code to send")
             # queue the code before the id counts as known: another thread's task for this function
             # must never reach the interchange ahead of its code
             self._funcs_out.append((fid, code))
@@ -513,11 +533,31 @@ class EngineClient:
             else:
                 live.append(task)
         if live:
+            try:
+                frames = P.pack_tasks(live)
+            except Exception:   # submit() checks each spec, so this is a bug: cost one task, not the thread
+                live, frames = self._drop_unencodable(live)
             self._in_flight += len(live)
             self.stats["submitted"] += len(live)
-            link.send_nowait(P.pack_tasks(live))
+            if live:
+                link.send_nowait(frames)
             if self.debug:
                 logger.debug("sent tasks %s", [t.tid for t in live])
+
+    def _drop_unencodable(self, tasks: list) -> Tuple[list, list]:
+        """The tasks that encode, and their TASKS message; the future of each other one fails."""
+        good = []
+        for task in tasks:
+            try:
+                P.pack_tasks([task])
+            except Exception as e:
+                logger.exception("executor %s: task %d cannot be encoded; failing it", self.label, task.tid)
+                fut = self.futures.pop(task.tid, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(SerializationError(f"task {task.tid}'s record", f"{type(e).__name__}: {e}"))
+            else:
+                good.append(task)
+        return good, P.pack_tasks(good) if good else []
 
     def _send_cancels(self, link: Channel) -> None:
         cancel_out = self._cancel_out
