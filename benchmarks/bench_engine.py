@@ -105,6 +105,7 @@ def measure(args) -> dict:
             if r != i:
                 raise AssertionError(f"latency task {i} returned {r!r}")
         res["latency"] = C.summarize_latencies(lat)
+        res["latency_samples"] = lat  # for the distribution plot
         # CPU per round trip, by process role, over a longer sequential run (CPU times tick at 10 ms)
         if args.cpu_rounds:
             cpu0 = C.tree_cpu()
@@ -172,6 +173,15 @@ def combine(runs: list[dict]) -> dict | None:
     return out
 
 
+def plot_latency(runs: dict, out_dir) -> None:
+    """Distributions of the sequential round trips, all runs of a system pooled, as CDFs (PNG)."""
+    from benchmarks.harness import plots
+    samples = {SYSTEMS[s]: [x * 1e3 for r in rs if r.get("ok") for x in (r["result"].get("latency_samples") or [])]
+               for s, rs in runs.items()}
+    plots.distributions("bench_engine_latency.png", "Sequential submit -> result round trips, 2 workers", samples,
+                        "round trip (ms, log scale)", out_dir=out_dir)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_common_args(p)
@@ -190,6 +200,8 @@ def main(argv=None) -> int:
     p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list of {', '.join(SYSTEMS)}")
     p.add_argument("--repeat", type=int, default=1, help="fresh-process runs per system; medians reported")
     p.add_argument("--cold-timeout", type=float, default=120.0, help="seconds allowed for the first result")
+    p.add_argument("--plots", default=None, metavar="DIR", help="write the PNG here (default docs/img/)")
+    p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
 
     if args.quick:
@@ -310,6 +322,8 @@ def main(argv=None) -> int:
     note = C.busy_note(r for rs in runs.values() for r in rs)
     if note:
         print(note)
+    if not args.no_plots and not args.quick:
+        plot_latency(runs, args.plots)
     return C.finish("bench_engine", args, {"bench": "engine", "machine": info, "runs": runs, "median": med,
                                            "table": table, "missed": missed}, errors)
 

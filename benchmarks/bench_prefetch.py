@@ -104,6 +104,18 @@ def measure(args) -> dict:
     return res
 
 
+def plot(grid: dict, durations: list, workers: int, out_dir) -> None:
+    """The table as a heat map: share of the ideal 2/d tasks/s for sleeps, share of the column's best
+    for no-ops (which have no ideal)."""
+    from benchmarks.harness import plots
+    best = [max((v[i] or 0) for v in grid.values()) or 1 for i in range(len(durations))]
+    share = [[None if v[i] is None else (v[i] / best[i] if d == 0 else v[i] / (workers * 1000.0 / d))
+              for i, d in enumerate(durations)] for v in grid.values()]
+    cols = [("0 ms (share of best)" if d == 0 else f"{d:g} ms (share of ideal)") for d in durations]
+    plots.heatmap("bench_prefetch.png", f"prefetch_capacity x map chunksize, {workers} workers", list(grid), cols,
+                  share, out_dir=out_dir, cbar_label="share")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_common_args(p)
@@ -115,6 +127,8 @@ def main(argv=None) -> int:
     p.add_argument("--cell-seconds", type=float, default=2.0, help="target seconds per cell with sleeps (2)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--htex", action="store_true", help="also Parsl HTEX rows with the same prefetch values")
+    p.add_argument("--plots", default=None, metavar="DIR", help="write the PNG here (default docs/img/)")
+    p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
         args.tasks0 = min(args.tasks0, 300)
@@ -160,23 +174,23 @@ def main(argv=None) -> int:
             txt += f" ({100 * c['tasks_per_s'] / (args.workers * 1000.0 / d_ms):.0f}% eff)"
         return txt
 
+    grid = {}  # row label -> tasks/s per duration (None: not measured), for the PNG
     for cfg in configs:
         kind, _, value = cfg.partition(":")
         cells = cells_of(cfg)
         if kind == "map":
             for cs in args.chunksizes.split(","):
                 row = [f"faasx map chunksize={cs}"]
-                for d in durations:
-                    c = next((c for c in cells if c["duration_ms"] == d and c["chunksize"] == int(cs)), None)
-                    row.append(cell_text(c, d))
-                rows.append(row)
+                found = [next((c for c in cells if c["duration_ms"] == d and c["chunksize"] == int(cs)), None)
+                         for d in durations]
+                rows.append(row + [cell_text(c, d) for c, d in zip(found, durations)])
+                grid[row[0]] = [c and c["tasks_per_s"] for c in found]
         else:
             name = "faasx submit, prefetch_capacity=" if kind == "prefetch" else "HTEX submit, prefetch_capacity="
             row = [name + (value if value != "default" else "None (default: adaptive)")]
-            for d in durations:
-                c = next((c for c in cells if c["duration_ms"] == d), None)
-                row.append(cell_text(c, d))
-            rows.append(row)
+            found = [next((c for c in cells if c["duration_ms"] == d), None) for d in durations]
+            rows.append(row + [cell_text(c, d) for c, d in zip(found, durations)])
+            grid[row[0]] = [c and c["tasks_per_s"] for c in found]
     ideal = ["ideal (2 workers, no overhead)"] + ["-" if d == 0 else C.fmt_rate(args.workers * 1000.0 / d)
                                                    for d in durations]
     rows.append(ideal)
@@ -186,6 +200,8 @@ def main(argv=None) -> int:
     note = C.busy_note(runs.values())
     if note:
         print(note)
+    if not args.no_plots and not args.quick:
+        plot(grid, durations, args.workers, args.plots)
     return C.finish("bench_prefetch", args, {"bench": "prefetch", "machine": info, "runs": runs, "table": table},
                     errors)
 

@@ -238,7 +238,8 @@ def main(argv=None) -> int:
     p.add_argument("--managers", default="4,16,64,256,1024,2048", help="scales, as numbers of managers")
     p.add_argument("--workers", type=int, default=64, help="simulated workers per manager (default 64)")
     p.add_argument("--prefetch", type=int, default=0, help="prefetch each simulated manager registers (default 0)")
-    p.add_argument("--per-process", type=int, default=256, help="simulated managers per swarm process")
+    p.add_argument("--per-process", type=int, default=1024,
+                   help="simulated managers per swarm process (default 1,024: fewer, busier processes batch more per wake-up)")
     p.add_argument("--durations", default=",".join(str(d) for d in DURATIONS), help="task durations, seconds")
     p.add_argument("--tasks", type=int, default=100_000, help="tasks per no-op cell (default 100,000)")
     p.add_argument("--max-tasks", type=int, default=200_000, help="tasks per cell at most (default 200,000)")

@@ -19,6 +19,7 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("bench_memo.py", [], "memo hit"),
     ("bench_mixed.py", ["--systems", "faasx,processpool"], "makespan/bound"),
     ("bench_scale.py", [], "all registered"),
+    ("bench_cancel.py", [], "cancel_futures=True"),
 ])
 def test_benchmark_smoke_run(script, args, expect, tmp_path):
     out = subprocess.run([sys.executable, os.path.join(BENCH, script), "--quick", "--no-save", *args],

@@ -76,8 +76,9 @@ class System:
     def submit(self, fn, *args):
         return self._ex.submit(fn, {}, *args) if self._parsl else self._ex.submit(fn, *args)
 
-    def close(self) -> None:
+    def close(self, cancel_futures: bool = False) -> None:
+        """Shut the system down, waiting; ``cancel_futures`` as in ``Executor.shutdown`` (not Parsl's)."""
         if self._parsl:
             parsl_cleanup()
         else:
-            self._ex.shutdown(wait=True)
+            self._ex.shutdown(wait=True, cancel_futures=cancel_futures)
