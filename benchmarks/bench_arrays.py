@@ -232,15 +232,8 @@ def main(argv=None) -> int:
           f"parsl {info.get('parsl')}, faasx {info.get('faasx')} ({info.get('git')})", flush=True)
     child_args = ["--sizes", args.sizes, "--workers", str(args.workers), "--window", str(args.window),
                   "--volume", str(args.volume), "--min-tasks", str(args.min_tasks)]
-    results: dict = {s: [] for s in systems}
-    errors = []
-    for rep in range(args.repeat):
-        for s in systems:
-            r = C.run_child(os.path.abspath(__file__), ["--child", s, *child_args], timeout=600,
-                            label=f"{SYSTEMS[s]} run {rep + 1}/{args.repeat}")
-            results[s].append(r)
-            if not r.get("ok") or r.get("strays"):
-                errors.append(f"{s} run {rep + 1}: {(r.get('error') or 'stray processes').strip().splitlines()[-1:]}")
+    results, errors = C.run_systems(os.path.abspath(__file__), systems, child_args, timeout=600, names=SYSTEMS,
+                                    reps=args.repeat)
     best = report(results, sizes, systems)
     note = C.busy_note(r for rs in results.values() for r in rs)
     if note:

@@ -123,18 +123,18 @@ def main(argv=None) -> int:
     child_args = ["--tasks", str(args.tasks), "--latency", str(args.latency), "--warmup", str(args.warmup),
                   "--workers", str(args.workers), "--cold-timeout", str(args.cold_timeout)]
     timeout = 240 + args.tasks / 100 + args.cold_timeout
-    runs: dict[str, list[dict]] = {s: [] for s in systems}
-    errors = []
-    for rep in range(args.repeat):
-        for s in systems:
-            r = C.run_child(os.path.abspath(__file__), ["--child", s, *child_args], timeout=timeout,
-                            label=f"{SYSTEMS[s]} run {rep + 1}/{args.repeat}")
-            runs[s].append(r)
-            if not r.get("ok"):
-                errors.append(f"{s} run {rep + 1}: {(r.get('error') or '').strip().splitlines()[-1:]}")
-            if r.get("strays"):
-                errors.append(f"{s} run {rep + 1}: {len(r['strays'])} stray process(es) left behind")
+    runs, errors = C.run_systems(os.path.abspath(__file__), systems, child_args, timeout=timeout, names=SYSTEMS,
+                                 reps=args.repeat)
+    table, missed = report(runs, systems, args.repeat)
+    note = C.busy_note(r for rs in runs.values() for r in rs)
+    if note:
+        print(note)
+    return C.finish("bench_dfk", args, {"bench": "dfk", "machine": info, "runs": runs, "table": table,
+                                        "missed": missed}, errors)
 
+
+def report(runs: dict, systems: list, repeat: int):
+    """The table (medians over the runs) and the missed targets."""
     def med(s, *path):
         vals = []
         for r in runs.get(s, []):
@@ -163,15 +163,11 @@ def main(argv=None) -> int:
     print()
     table = C.print_table(["executor under the DFK", "tasks/s", "vs HTEX", "app-call phase", "p50 round trip",
                            "load->first result", "target"], rows,
-                          title=f"Parsl DataFlowKernel, @python_app (median of {args.repeat} run(s))")
+                          title=f"Parsl DataFlowKernel, @python_app (median of {repeat} run(s))")
     print()
     for x in missed:
         print(f"MISSED: {x}")
-    note = C.busy_note(r for rs in runs.values() for r in rs)
-    if note:
-        print(note)
-    return C.finish("bench_dfk", args, {"bench": "dfk", "machine": info, "runs": runs, "table": table,
-                                        "missed": missed}, errors)
+    return table, missed
 
 
 if __name__ == "__main__":

@@ -45,6 +45,31 @@ SYSTEMS = {
 # ----------------------------------------------------------------------------------------------------
 # child: measure one system
 # ----------------------------------------------------------------------------------------------------
+def _throughput(submit, n: int) -> dict:
+    """N tasks submitted one by one, then all awaited; every result checked (their sum)."""
+    cpu0 = C.tree_cpu()
+    t = C.now()
+    futs = [submit(i) for i in range(n)]
+    t_sub = C.now() - t
+    C.wait_all(futs, timeout=max(120.0, n / 100.0))
+    elapsed = C.now() - t
+    total = sum(f.result() for f in futs)
+    if total != n * (n - 1) // 2:
+        raise AssertionError(f"throughput: sum of results {total} != {n * (n - 1) // 2}")
+    del futs
+    return {"tasks": n, "elapsed_s": elapsed, "tasks_per_s": n / elapsed, "submit_s": t_sub, "submit_per_s": n / t_sub,
+            "cpu_us": C.cpu_delta(cpu0, C.tree_cpu(), n)}
+
+
+def _map(ex, m: int, chunksize: int) -> dict:
+    t = C.now()
+    total = sum(ex.map(noop, range(m), chunksize=chunksize, timeout=max(120.0, m / 1000.0)))
+    elapsed = C.now() - t
+    if total != m * (m - 1) // 2:
+        raise AssertionError(f"map: sum of results {total} != {m * (m - 1) // 2}")
+    return {"tasks": m, "chunksize": chunksize, "elapsed_s": elapsed, "tasks_per_s": m / elapsed}
+
+
 def measure(args) -> dict:
     system = args.child
     res: dict = {"system": system}
@@ -114,31 +139,10 @@ def measure(args) -> dict:
             res["latency"]["cpu_us"] = C.cpu_delta(cpu0, C.tree_cpu(), args.cpu_rounds)
 
         # ---- throughput: N tasks submitted one by one, then awaited
-        n = args.tasks
-        cpu0 = C.tree_cpu()
-        t = C.now()
-        futs = [submit(i) for i in range(n)]
-        t_sub = C.now() - t
-        C.wait_all(futs, timeout=max(120.0, n / 100.0))
-        elapsed = C.now() - t
-        total = sum(f.result() for f in futs)
-        if total != n * (n - 1) // 2:
-            raise AssertionError(f"throughput: sum of results {total} != {n * (n - 1) // 2}")
-        del futs
-        res["throughput"] = {"tasks": n, "elapsed_s": elapsed, "tasks_per_s": n / elapsed,
-                             "submit_s": t_sub, "submit_per_s": n / t_sub,
-                             "cpu_us": C.cpu_delta(cpu0, C.tree_cpu(), n)}
-
+        res["throughput"] = _throughput(submit, args.tasks)
         # ---- faasx only: map with chunking
         if system == "faasx" and args.map_tasks:
-            m = args.map_tasks
-            t = C.now()
-            total = sum(ex.map(noop, range(m), chunksize=args.chunksize, timeout=max(120.0, m / 1000.0)))
-            elapsed = C.now() - t
-            if total != m * (m - 1) // 2:
-                raise AssertionError(f"map: sum of results {total} != {m * (m - 1) // 2}")
-            res["map"] = {"tasks": m, "chunksize": args.chunksize, "elapsed_s": elapsed,
-                          "tasks_per_s": m / elapsed}
+            res["map"] = _map(ex, args.map_tasks, args.chunksize)
     finally:
         t = C.now()
         close()
@@ -231,17 +235,37 @@ def main(argv=None) -> int:
                   "--workers", str(args.workers), "--cold-timeout", str(args.cold_timeout),
                   "--cpus", args.cpus]
     timeout = 240 + args.tasks / 300 + args.map_tasks / 2000 + args.cold_timeout
-    runs: dict[str, list[dict]] = {s: [] for s in systems}
-    errors = []
-    for rep in range(args.repeat):
-        for s in systems:
-            r = C.run_child(os.path.abspath(__file__), ["--child", s, *child_args], timeout=timeout,
-                            label=f"{SYSTEMS[s]} run {rep + 1}/{args.repeat}")
-            runs[s].append(r)
-            if not r.get("ok"):
-                errors.append(f"{s} run {rep + 1}: {(r.get('error') or '').strip().splitlines()[-1:]}")
-            if r.get("strays"):
-                errors.append(f"{s} run {rep + 1}: {len(r['strays'])} stray process(es) left behind")
+    runs, errors = C.run_systems(os.path.abspath(__file__), systems, child_args, timeout=timeout, names=SYSTEMS,
+                                 reps=args.repeat)
+    med, table, missed = report(runs, systems, args)
+    note = C.busy_note(r for rs in runs.values() for r in rs)
+    if note:
+        print(note)
+    if not args.no_plots and not args.quick:
+        plot_latency(runs, args.plots)
+    return C.finish("bench_engine", args, {"bench": "engine", "machine": info, "runs": runs, "median": med,
+                                           "table": table, "missed": missed}, errors)
+
+
+def print_cpu_by_role(runs: dict, systems: list) -> None:
+    """Where the CPU goes, per process role (median over runs)."""
+    roles = ["client", "interchange", "manager", "worker", "other"]
+    brows = []
+    for s in systems:
+        for phase, label in (("latency", "per sequential round trip"), ("throughput", "per task, throughput run")):
+            cells = [f"{SYSTEMS[s]}, {label}"]
+            for role in roles + ["total"]:
+                vals = [get(r.get("result"), phase, "cpu_us", role) for r in runs[s] if r.get("ok")]
+                vals = [v for v in vals if v is not None]
+                cells.append(C.fmt_us(C.median(vals)) if vals else "-")
+            brows.append(cells)
+    print()
+    C.print_table(["CPU time (user+sys)"] + roles + ["total"], brows,
+                  title="Where the CPU goes (microseconds of CPU per task, by process role)")
+
+
+def report(runs: dict, systems: list, args):
+    """The results table (medians, ratios to HTEX, targets), the CPU-by-role table, the missed targets."""
     med = {s: combine(runs[s]) for s in systems}
 
     def m(s, k):
@@ -299,33 +323,14 @@ def main(argv=None) -> int:
     print()
     table = C.print_table(headers, rows, title=f"Results (median of {args.repeat} fresh-process run(s) per "
                                                f"system; ratio = faasx / HTEX)")
-    # where the CPU goes, per process role (median over runs)
-    roles = ["client", "interchange", "manager", "worker", "other"]
-    brows = []
-    for s in systems:
-        for phase, label in (("latency", "per sequential round trip"), ("throughput", "per task, throughput run")):
-            cells = [f"{SYSTEMS[s]}, {label}"]
-            for role in roles + ["total"]:
-                vals = [get(r.get("result"), phase, "cpu_us", role) for r in runs[s] if r.get("ok")]
-                vals = [v for v in vals if v is not None]
-                cells.append(C.fmt_us(C.median(vals)) if vals else "-")
-            brows.append(cells)
-    print()
-    C.print_table(["CPU time (user+sys)"] + roles + ["total"], brows,
-                  title="Where the CPU goes (microseconds of CPU per task, by process role)")
+    print_cpu_by_role(runs, systems)
     print()
     if missed:
         for x in missed:
             print(f"MISSED: {x}")
     elif "htex" in systems and faas_cols and all(med.get(s) for s in systems):
         print("all targets met")
-    note = C.busy_note(r for rs in runs.values() for r in rs)
-    if note:
-        print(note)
-    if not args.no_plots and not args.quick:
-        plot_latency(runs, args.plots)
-    return C.finish("bench_engine", args, {"bench": "engine", "machine": info, "runs": runs, "median": med,
-                                           "table": table, "missed": missed}, errors)
+    return med, table, missed
 
 
 if __name__ == "__main__":

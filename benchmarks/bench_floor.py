@@ -331,6 +331,20 @@ def wakeups_main(args) -> int:
                                                   "table": table}, errors)
 
 
+def _run_variants(variants: list, args) -> tuple[dict, list]:
+    """Each variant in a fresh child, ``--repeat`` times, quietly (the table says it all)."""
+    runs: dict[str, list] = {v: [] for v in variants}
+    errors = []
+    for _ in range(args.repeat):
+        for v in variants:
+            r = C.run_child(os.path.abspath(__file__), ["--child", v, "--rounds", str(args.rounds), "--warmup",
+                                                        str(args.warmup)], timeout=120, label=v, verbose=False)
+            runs[v].append(r)
+            if not r.get("ok"):
+                errors.append(f"{v}: {(r.get('error') or '').strip().splitlines()[-1:]}")
+    return runs, errors
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_common_args(p)
@@ -358,15 +372,7 @@ def main(argv=None) -> int:
     print(f"bench_floor: bare ZeroMQ relay chains, {args.rounds} sequential round trips; {info.get('cpus')} cpus, "
           f"pyzmq {info.get('pyzmq')}", flush=True)
     variants = [f"{m}:{h}" for h in (1, 2, 3) for m in ("direct", "thread", "split")]
-    runs: dict[str, list] = {v: [] for v in variants}
-    errors = []
-    for rep in range(args.repeat):
-        for v in variants:
-            r = C.run_child(os.path.abspath(__file__), ["--child", v, "--rounds", str(args.rounds), "--warmup",
-                                                        str(args.warmup)], timeout=120, label=v, verbose=False)
-            runs[v].append(r)
-            if not r.get("ok"):
-                errors.append(f"{v}: {(r.get('error') or '').strip().splitlines()[-1:]}")
+    runs, errors = _run_variants(variants, args)
     rows = []
     for v in variants:
         mode, _, hops = v.partition(":")

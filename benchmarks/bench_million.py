@@ -153,6 +153,39 @@ def one_round(ex, mode: str, n: int, expected: int, args, res: dict) -> None:
     res["blocks_after"] = sys.getallocatedblocks()
 
 
+def _mode_row(m: str, res: dict, args) -> tuple[list, list]:
+    """One table row for mode ``m``, and the lines that judge its memory (returned near start?)."""
+    verdicts = []
+    start, peak, after_trim = res.get("rss_start"), res.get("rss_peak"), res.get("rss_after_trim")
+    near = None
+    if None not in (start, peak, after_trim):
+        allowed = max(64 * 2**20, 0.10 * (peak - start))
+        near = (after_trim - start) <= allowed
+        verdicts.append(f"{m}: client memory {'RETURNED near start' if near else 'DID NOT return near start'}"
+                        f" (start {C.fmt_mib(start)}, peak {C.fmt_mib(peak)}, after {C.fmt_mib(after_trim)};"
+                        f" allowed +{C.fmt_mib(allowed)})")
+    label = m + (f" (chunksize={args.chunksize})" if m == "map" else "")
+    if args.rounds > 1 and res.get("rounds"):
+        label += f", {len(res['rounds'])} rounds"
+        verdicts.append(_rounds_line(m, res))
+    row = [label, "yes" if res.get("sum_ok") else ("NO" if "sum_ok" in res else "-"),
+           C.fmt_s(res.get("elapsed_s")), C.fmt_rate(res.get("tasks_per_s")),
+           C.fmt_mib(start), C.fmt_mib(peak), C.fmt_mib(res.get("rss_after")), C.fmt_mib(after_trim),
+           str(res.get("live_futures_after", "-")),
+           (f"{res['blocks_after'] - res['blocks_start']:+,}" if "blocks_after" in res else "-"),
+           "-" if near is None else ("yes" if near else "NO")]
+    return row, verdicts
+
+
+def _rounds_line(m: str, res: dict) -> str:
+    after_each = ", ".join(C.fmt_mib(x.get("rss_after_trim")) for x in res["rounds"])
+    gc_each = ", ".join(str(x.get("gc_objects_after")) for x in res["rounds"])
+    blocks_each = ", ".join(str(x.get("blocks_after")) for x in res["rounds"])
+    return (f"{m}: RSS after trim, round by round: {after_each}; gc objects: "
+            f"{res.get('gc_objects_start')} at start, then {gc_each}; allocated blocks: "
+            f"{res.get('blocks_start')} at start, then {blocks_each}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_common_args(p)
@@ -195,34 +228,13 @@ def main(argv=None) -> int:
                         timeout=(args.task_timeout + 60) * args.rounds + 120,
                         label=f"mode {m}")
         runs[m] = r
-        res = r.get("result") or {}
         if not r.get("ok"):
             errors.append(f"{m}: {(r.get('error') or '').strip().splitlines()[-1:]}")
         if r.get("strays"):
             errors.append(f"{m}: {len(r['strays'])} stray process(es) left behind")
-        start, peak, after_trim = res.get("rss_start"), res.get("rss_peak"), res.get("rss_after_trim")
-        near = None
-        if None not in (start, peak, after_trim):
-            allowed = max(64 * 2**20, 0.10 * (peak - start))
-            near = (after_trim - start) <= allowed
-            verdicts.append(f"{m}: client memory {'RETURNED near start' if near else 'DID NOT return near start'}"
-                            f" (start {C.fmt_mib(start)}, peak {C.fmt_mib(peak)}, after {C.fmt_mib(after_trim)};"
-                            f" allowed +{C.fmt_mib(allowed)})")
-        label = m + (f" (chunksize={args.chunksize})" if m == "map" else "")
-        if args.rounds > 1 and res.get("rounds"):
-            label += f", {len(res['rounds'])} rounds"
-            after_each = ", ".join(C.fmt_mib(x.get("rss_after_trim")) for x in res["rounds"])
-            gc_each = ", ".join(str(x.get("gc_objects_after")) for x in res["rounds"])
-            blocks_each = ", ".join(str(x.get("blocks_after")) for x in res["rounds"])
-            verdicts.append(f"{m}: RSS after trim, round by round: {after_each}; gc objects: "
-                            f"{res.get('gc_objects_start')} at start, then {gc_each}; allocated blocks: "
-                            f"{res.get('blocks_start')} at start, then {blocks_each}")
-        rows.append([label, "yes" if res.get("sum_ok") else ("NO" if "sum_ok" in res else "-"),
-                     C.fmt_s(res.get("elapsed_s")), C.fmt_rate(res.get("tasks_per_s")),
-                     C.fmt_mib(start), C.fmt_mib(peak), C.fmt_mib(res.get("rss_after")), C.fmt_mib(after_trim),
-                     str(res.get("live_futures_after", "-")),
-                     (f"{res['blocks_after'] - res['blocks_start']:+,}" if "blocks_after" in res else "-"),
-                     "-" if near is None else ("yes" if near else "NO")])
+        row, notes = _mode_row(m, r.get("result") or {}, args)
+        rows.append(row)
+        verdicts += notes
     print()
     table = C.print_table(["mode", "sum ok", "wall", "tasks/s", "RSS start", "RSS peak", "RSS after gc",
                            "after trim", "live futures", "objects left", "mem back"], rows,

@@ -174,15 +174,8 @@ def main(argv=None) -> int:
           flush=True)
     child_args = ["--workers", str(args.workers), "--warmup", str(args.warmup), "--seed", str(args.seed),
                   "--scale", str(args.scale)]
-    runs: dict = {s: [] for s in systems}
-    errors = []
-    for rep in range(args.reps):  # interleaved: faasx, processpool, htex, faasx, ...
-        for s in systems:
-            r = C.run_child(os.path.abspath(__file__), ["--child", s, *child_args], timeout=300 + 120 * args.scale,
-                            label=f"{C.System.NAMES[s]} run {rep + 1}/{args.reps}")
-            runs[s].append(r)
-            if not r.get("ok") or r.get("strays"):
-                errors.append(f"{s} run {rep + 1}: {(r.get('error') or 'stray processes').strip().splitlines()[-1:]}")
+    runs, errors = C.run_systems(os.path.abspath(__file__), systems, child_args, timeout=300 + 120 * args.scale,
+                                 names=C.System.NAMES, reps=args.reps)
     worst = summary(print_runs(runs, args.workers), systems)
     note = C.busy_note(r for rs in runs.values() for r in rs)
     if note:

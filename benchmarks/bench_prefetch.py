@@ -105,15 +105,67 @@ def measure(args) -> dict:
 
 
 def plot(grid: dict, durations: list, workers: int, out_dir) -> None:
-    """The table as a heat map: share of the ideal 2/d tasks/s for sleeps, share of the column's best
-    for no-ops (which have no ideal)."""
+    """The table as a heat map.  Colour: share of the ideal 2/d tasks/s for sleeps; for no-ops (no
+    ideal) log(tasks/s) / log(best), since map's chunks are 100x the submit loop.  Text: the tasks/s."""
+    import math
+
     from benchmarks.harness import plots
     best = [max((v[i] or 0) for v in grid.values()) or 1 for i in range(len(durations))]
-    share = [[None if v[i] is None else (v[i] / best[i] if d == 0 else v[i] / (workers * 1000.0 / d))
+
+    def colour(v, i, d):
+        if v is None:
+            return None
+        return math.log10(max(v, 1)) / math.log10(max(best[i], 10)) if d == 0 else v / (workers * 1000.0 / d)
+
+    share = [[colour(v[i], i, d) for i, d in enumerate(durations)] for v in grid.values()]
+    texts = [[("-" if v[i] is None else f"{v[i]:,.0f}/s") + ("" if d == 0 or v[i] is None else
+                                                          f" ({v[i] / (workers * 1000.0 / d):.0%})")
               for i, d in enumerate(durations)] for v in grid.values()]
-    cols = [("0 ms (share of best)" if d == 0 else f"{d:g} ms (share of ideal)") for d in durations]
-    plots.heatmap("bench_prefetch.png", f"prefetch_capacity x map chunksize, {workers} workers", list(grid), cols,
-                  share, out_dir=out_dir, cbar_label="share")
+    rows = [r.replace("faasx ", "").replace("prefetch_capacity", "prefetch").replace("None (default: adaptive)",
+                                                                                   "None (adaptive)") for r in grid]
+    plots.heatmap("bench_prefetch.png", f"faasx tasks/s by task duration, {workers} workers (colour: share of ideal; "
+                  "0 ms: log share of best)", rows, [f"{d:g} ms tasks" for d in durations], share, texts=texts,
+                  out_dir=out_dir, cbar_label="share")
+
+
+def _cell_text(c, d_ms: float, workers: int) -> str:
+    if c is None:
+        return "-"
+    txt = C.fmt_rate(c["tasks_per_s"])
+    if d_ms:
+        txt += f" ({100 * c['tasks_per_s'] / (workers * 1000.0 / d_ms):.0f}% eff)"
+    return txt
+
+
+def _config_cells(cfg: str, cells: list, durations: list, chunksizes: list) -> dict:
+    """Row label -> the cell per duration (None: not measured) of one configuration (map: one row per
+    chunksize)."""
+    kind, _, value = cfg.partition(":")
+    if kind == "map":
+        return {f"faasx map chunksize={cs}": [next((c for c in cells if c["duration_ms"] == d
+                                                     and c["chunksize"] == int(cs)), None) for d in durations]
+                for cs in chunksizes}
+    name = "faasx submit, prefetch_capacity=" if kind == "prefetch" else "HTEX submit, prefetch_capacity="
+    label = name + (value if value != "default" else "None (default: adaptive)")
+    return {label: [next((c for c in cells if c["duration_ms"] == d), None) for d in durations]}
+
+
+def report(runs: dict, configs: list, durations: list, args):
+    """The throughput table (tasks/s and share of the ideal per duration); returns it and the grid of
+    tasks/s per row for the PNG."""
+    rows, grid = [], {}
+    for cfg in configs:
+        cells = (runs[cfg].get("result") or {}).get("cells") or []
+        for label, found in _config_cells(cfg, cells, durations, args.chunksizes.split(",")).items():
+            rows.append([label] + [_cell_text(c, d, args.workers) for c, d in zip(found, durations)])
+            grid[label] = [c and c["tasks_per_s"] for c in found]
+    rows.append(["ideal (2 workers, no overhead)"] + ["-" if d == 0 else C.fmt_rate(args.workers * 1000.0 / d)
+                                                       for d in durations])
+    print()
+    table = C.print_table(["configuration"] + [f"{d:g} ms" for d in durations], rows,
+                          title="Throughput by task duration (tasks/s; eff = share of ideal)")
+    print()
+    return table, grid
 
 
 def main(argv=None) -> int:
@@ -159,44 +211,7 @@ def main(argv=None) -> int:
         if r.get("strays"):
             errors.append(f"{cfg}: {len(r['strays'])} stray process(es) left behind")
 
-    headers = ["configuration"] + [f"{d:g} ms" for d in durations]
-    rows = []
-
-    def cells_of(cfg):
-        res = runs[cfg].get("result") or {}
-        return res.get("cells") or []
-
-    def cell_text(c, d_ms):
-        if c is None:
-            return "-"
-        txt = C.fmt_rate(c["tasks_per_s"])
-        if d_ms:
-            txt += f" ({100 * c['tasks_per_s'] / (args.workers * 1000.0 / d_ms):.0f}% eff)"
-        return txt
-
-    grid = {}  # row label -> tasks/s per duration (None: not measured), for the PNG
-    for cfg in configs:
-        kind, _, value = cfg.partition(":")
-        cells = cells_of(cfg)
-        if kind == "map":
-            for cs in args.chunksizes.split(","):
-                row = [f"faasx map chunksize={cs}"]
-                found = [next((c for c in cells if c["duration_ms"] == d and c["chunksize"] == int(cs)), None)
-                         for d in durations]
-                rows.append(row + [cell_text(c, d) for c, d in zip(found, durations)])
-                grid[row[0]] = [c and c["tasks_per_s"] for c in found]
-        else:
-            name = "faasx submit, prefetch_capacity=" if kind == "prefetch" else "HTEX submit, prefetch_capacity="
-            row = [name + (value if value != "default" else "None (default: adaptive)")]
-            found = [next((c for c in cells if c["duration_ms"] == d), None) for d in durations]
-            rows.append(row + [cell_text(c, d) for c, d in zip(found, durations)])
-            grid[row[0]] = [c and c["tasks_per_s"] for c in found]
-    ideal = ["ideal (2 workers, no overhead)"] + ["-" if d == 0 else C.fmt_rate(args.workers * 1000.0 / d)
-                                                   for d in durations]
-    rows.append(ideal)
-    print()
-    table = C.print_table(headers, rows, title="Throughput by task duration (tasks/s; eff = share of ideal)")
-    print()
+    table, grid = report(runs, configs, durations, args)
     note = C.busy_note(runs.values())
     if note:
         print(note)

@@ -6,7 +6,7 @@ the parent/child roles every script runs in); this module only re-exports it.
 from __future__ import annotations
 
 from benchmarks.harness.child import (SETTINGS, TAG_ENV, add_common_args, child_main, child_tmpdir,  # noqa: F401
-                                      parse_common, run_child, tagged_processes)
+                                      parse_common, run_child, run_systems, tagged_processes)
 from benchmarks.harness.load import BUSY_CPU_PERCENT, machine_load, wait_for_quiet  # noqa: F401
 from benchmarks.harness.peers import (System, make_faas_executor, make_htex, parsl_cleanup, parsl_load,  # noqa: F401
                                       wait_all)

@@ -288,3 +288,20 @@ def run_child(script: str, child_args: Sequence[str], timeout: float, label: str
         if verbose and not clean:
             print(f"    (child's directory with its logs kept: {tmpdir})", flush=True)
     return result
+
+
+def run_systems(script: str, systems: Sequence[str], child_args: Sequence[str], timeout: float,
+                names: dict | None = None, reps: int = 1) -> tuple[dict, list]:
+    """``run_child`` for each system, ``reps`` times, interleaved (A, B, C, A, B, C, ...) so that a
+    change in the machine's load hits every system alike.  Returns ``({system: [run, ...]}, errors)``;
+    a failed run, or one that left processes behind, is an error."""
+    runs: dict = {s: [] for s in systems}
+    errors = []
+    for rep in range(reps):
+        for s in systems:
+            label = f"{(names or {}).get(s, s)} run {rep + 1}/{reps}"
+            r = run_child(script, ["--child", s, *child_args], timeout=timeout, label=label)
+            runs[s].append(r)
+            if not r.get("ok") or r.get("strays"):
+                errors.append(f"{label}: {(r.get('error') or 'stray processes').strip().splitlines()[-1:]}")
+    return runs, errors

@@ -84,24 +84,25 @@ def grouped_bars(name: str, title: str, ylabel: str, groups: Sequence[str], seri
     return _save(fig, out_dir, name)
 
 
-def heatmap(name: str, title: str, rows: Sequence[str], cols: Sequence[str], values, fmt: str = "{:.0%}",
+def heatmap(name: str, title: str, rows: Sequence[str], cols: Sequence[str], values, texts=None,
             out_dir: str | None = None, cbar_label: str = "") -> str | None:
-    """A labelled grid (``values[r][c]``, None = not measured) with each cell's value written in it."""
+    """A labelled grid coloured by ``values[r][c]`` (0..1, None = not measured), each cell showing
+    ``texts[r][c]`` (default: the value as a percentage)."""
     plt = _pyplot()
     if plt is None:
         return None
     import numpy as np
     data = np.array([[np.nan if v is None else v for v in r] for r in values], dtype=float)
-    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(rows) + 1.6))
-    im = ax.imshow(data, cmap="viridis", aspect="auto", vmin=0)
-    ax.set_xticks(range(len(cols)), cols)
+    fig, ax = plt.subplots(figsize=(8.5, 0.42 * len(rows) + 1.8))
+    im = ax.imshow(data, cmap="viridis", aspect="auto", vmin=0, vmax=1)
+    ax.set_xticks(range(len(cols)), cols, fontsize=9)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     for (r, c), v in np.ndenumerate(data):
         if not np.isnan(v):
-            ax.text(c, r, fmt.format(v), ha="center", va="center", fontsize=8,
-                    color="white" if v < np.nanmax(data) * 0.6 else "black")
+            text = texts[r][c] if texts else f"{v:.0%}"
+            ax.text(c, r, text, ha="center", va="center", fontsize=8, color="white" if v < 0.6 else "black")
     fig.colorbar(im, ax=ax, label=cbar_label)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     return _save(fig, out_dir, name)
 
 
