@@ -3,18 +3,39 @@
 A block's launcher starts this on each node.  The manager is a single-threaded event loop over a
 DEALER socket to the interchange (TCP, CurveZMQ when the executor is encrypted) and one Unix
 socketpair per worker (``faasx.executor.channel``), plus a periodic check of its worker processes.
-It never runs user code, so it can always answer heartbeats.
+It never runs user code, so it can always answer heartbeats.  One thread, so no locks: ``Manager``
+and everything it composes belong to the thread that runs ``Manager.run``.
+
+``Manager.run`` is the loop; each pass, in order::
+
+    serve_sockets       wait (not at all if an idle worker has work queued); handle the interchange's
+                        messages (on_tasks, on_funcs, on_hold, on_shutdown) and the workers' (on_results,
+                        on_ready); a broken channel is worker_gone()
+    periodic_checks     every WORKER_CHECK_PERIOD: check_workers (exits, corrupt channels, containers not
+                        ready in time), and the walltime drain
+    dispatch_to_workers WorkerTable.assign -> FUNCS the worker lacks + one TASKS message per batch
+    rebalance_workers   WorkerTable.plan -> start / retire workers so queued tasks get one of their kind
+    flush_results       the pass's ResultBatch as one RESULTS message (tasks the client cancelled
+                        while still queued here answered too)
+    report_started      STARTED for tasks a worker took that have run STARTED_DELAY without a result
+    update_capacity     a new prefetch when the measured task length moved it
+    heartbeat           every heartbeat_period, or at once when the warm containers changed
+    check_liveness      the interchange silent for heartbeat_threshold, or a drain done: stop
+
+What it composes, one job each:
+
+* ``WorkerTable`` (``worker_table``): pure bookkeeping -- queues, which worker holds what, adaptive
+  batch and prefetch sizes, which workers to start or stop.
+* ``WorkerProcesses`` (``worker_processes``): the worker processes and their channels.
+* ``ContainerWorkers`` (``faasx.containers.workers``): workers inside a task's container
+  (``docs/containers.md``), started on demand, kept warm, reported in heartbeats (``{"warm": [keys]}``)
+  so the interchange prefers this node for them, and retired when another kind needs the slot.
+* ``ResultBatch``: the RESULTS of one loop pass, sent to the interchange once at its end.
 
 * Capacity: it asks the interchange for up to workers + prefetch tasks (``WorkerTable.prefetch``)
   and hands them to workers in adaptive batches.
 * Workers that die are restarted; the tasks they held are reported as WORKER_LOST so the interchange
   can re-dispatch them.
-* Containers (``docs/containers.md``): a task whose spec names a container runs only on a worker
-  started inside it (``faasx.containers.container_command``); such workers are started on demand,
-  kept warm, reported in heartbeats (``{"warm": [keys]}``) so the interchange prefers this node for
-  them, and stopped when an idle worker's slot is needed for another kind of task.  A container that
-  dies before its worker says READY fails that key's tasks with the engine's own error after
-  ``MAX_CONTAINER_START_ATTEMPTS`` tries in a row.
 * Liveness: heartbeats to the interchange every ``heartbeat_period``; if the interchange is silent
   for ``heartbeat_threshold`` the manager stops its workers and exits.
 * Walltime: when the job's end (``FAASX_WALLTIME_END``, exported by faasx's providers) is near, the
@@ -28,7 +49,6 @@ It never runs user code, so it can always answer heartbeats.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
 import os
@@ -43,13 +63,13 @@ from typing import Dict, List, Optional
 import psutil
 import zmq
 
-from faasx.containers import available_runtimes
+from faasx.containers.workers import ENGINE_ERROR_CODES, ContainerWorkers
 from faasx.executor import affinity
 from faasx.executor import protocol as P
-from faasx.executor.channel import Channel, ChannelClosed, ChannelError
-from faasx.executor.sockets import drain, send
+from faasx.executor.channel import ChannelClosed, ChannelError
 from faasx.executor.processes import command, set_process_name
-from faasx.executor.container_workers import ENGINE_ERROR_CODES, RETIRE_GRACE, ContainerWorkers
+from faasx.executor.sockets import drain, send
+from faasx.executor.worker_processes import WorkerProcesses
 from faasx.executor.worker_table import WorkerTable
 
 logger = logging.getLogger("faasx.manager")
@@ -75,7 +95,42 @@ def worker_count(max_workers_per_node: Optional[float], cores_per_worker: float,
     return max(1, int(min(bounds)))
 
 
-class Manager(ContainerWorkers):
+class ResultBatch:
+    """RESULTS waiting to go to the interchange: filled during one pass of the event loop (workers'
+    results, tasks lost with their worker, tasks failed before they ran) and sent as one message at its
+    end (``Manager.flush_results``).  Two parallel lists, the message's body and its payload frames, so
+    a worker's batch is appended with two ``extend`` calls and no per-task object."""
+
+    __slots__ = ("records", "payloads")
+
+    def __init__(self) -> None:
+        self.records: list = []      # [[tid, status], ...]
+        self.payloads: list = []     # one payload per record
+
+    def add(self, tid: int, status: int, payload: bytes) -> None:
+        self.records.append([tid, status])
+        self.payloads.append(payload)
+
+    def extend(self, records: list, payloads: list) -> None:
+        self.records.extend(records)
+        self.payloads.extend(payloads)
+
+    def __bool__(self) -> bool:
+        return bool(self.records)
+
+    def take(self) -> tuple:
+        """The batch so far, emptying this one."""
+        out = self.records, self.payloads
+        self.records, self.payloads = [], []
+        return out
+
+
+class Manager:
+    """The per-node process.  Single-threaded: every attribute here, and the state of the objects it
+    composes (``pool``, ``table``, ``containers``, ``out``), is owned by the thread that runs ``run()``.
+    The one exception is the SIGTERM/SIGINT handler set by ``main``, which Python runs on that same
+    thread between bytecodes; it only sets ``running`` and ``terminate_reason``."""
+
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.block_id = args.block_id
@@ -88,64 +143,71 @@ class Manager(ContainerWorkers):
         self.n_workers = worker_count(args.max_workers_per_node, args.cores_per_worker, args.mem_per_worker,
                                       self.accelerators, cores=len(original))
         self.table = WorkerTable(args.prefetch_capacity) if not args.mpi_launcher else self._mpi_table(args)
-        self.procs: Dict[int, subprocess.Popen] = {}
-        self.restarts: Dict[int, int] = {}
-        self.next_wid = 0
-        self.codes: Dict[bytes, bytes] = {}
+        self.out = ResultBatch()
+        self.restarts: Dict[int, int] = {}        # wid -> times a plain worker was replaced
+        self.codes: Dict[bytes, bytes] = {}       # fid -> function code, as the interchange sent it
         self.running = True
         self.draining = False
         self.drain_reason = ""
         self.terminate_reason = ""
         self.advertised_prefetch = -1
-        self.malformed = 0
+        self.advertised_warm: List[str] = []
         # tasks handed to a worker and not yet reported STARTED (tid -> None, in order), since when;
         # and tasks the client cancelled before a worker got them (answered with FAILED results)
         self.unreported: Dict[int, None] = {}
         self.unreported_since: Optional[float] = None
         self.withdrawn: List[int] = []
+        self.malformed = 0
         self.start_time = time.time()
         self.drain_at = self._drain_deadline()
-
-        # engine_cpu: this thread and libzmq's threads (started with the first socket) share one CPU
-        # with the interchange; workers must not inherit that, so they are told the original CPUs
-        self.engine_cpu: Optional[int] = None
-        self.worker_cpus: Optional[str] = None
-        self.original_cpus = original
-        if args.engine_cpu is not None:
-            cpu = affinity.choose(args.engine_cpu, original)
-            if affinity.pin_this_thread(cpu, "manager"):
-                self.engine_cpu = cpu
-                self.worker_cpus = affinity.format_cpus(original)
-                logger.info("manager pinned to CPU %d; workers get cpus %s", cpu, self.worker_cpus)
+        self.hb_period = args.heartbeat_period
+        self.threshold = args.heartbeat_threshold
+        # when the event loop last heard from the interchange / sent a heartbeat / checked its workers /
+        # reconsidered its advertised capacity (time.monotonic(); set at registration)
+        self.last_ic = self.last_hb = self.last_check = self.last_capacity = 0.0
+        self.engine_cpu, self.worker_cpus = self._pin(original)
         # libzmq starts its I/O thread with the first socket, from this (pinned) thread: it inherits the pin
         self.ctx = zmq.Context(io_threads=1)
-        self.ic = self.ctx.socket(zmq.DEALER)
-        self.ic.setsockopt(zmq.LINGER, 0)
-        self.ic.setsockopt(zmq.IDENTITY, self.mid)
-        self.ic.setsockopt(zmq.SNDHWM, 0)
-        self.ic.setsockopt(zmq.RCVHWM, 0)
-        # A DEALER with no peer pipe blocks in send; after a fatal handshake failure (wrong or missing
-        # CURVE keys) it has none, and would block for ever.  Bound every send by the liveness threshold.
-        self.ic.setsockopt(zmq.SNDTIMEO, int(args.heartbeat_threshold * 1000))
-        if args.max_payload_size:
-            self.ic.setsockopt(zmq.MAXMSGSIZE, args.max_payload_size + (16 << 20))
-        if args.cert_dir:
-            from faasx.executor.security import configure_client
-            configure_client(self.ic, args.cert_dir)
-        self.chans: Dict[int, Channel] = {}
-        self.fd_wid: Dict[int, int] = {}
+        self.ic = self._interchange_socket()
         self.poller = zmq.Poller()
         self.poller.register(self.ic, zmq.POLLIN)
-        # containers
-        self.runtimes = available_runtimes()
-        self.container_specs: Dict[str, dict] = {}        # key -> validated spec, learned from tasks
-        self.container_names: Dict[int, tuple] = {}       # wid -> (engine, container name) of container workers
-        self.start_failures: Dict[str, int] = {}          # key -> failed starts in a row
-        self.broken: Dict[str, tuple] = {}                # key -> (until, error message)
-        self.listeners: Dict[int, tuple] = {}             # listening fd -> (wid, socket, path)
-        self.retiring: Dict[int, tuple] = {}              # wid -> (process, kill deadline)
-        self.sock_dir: Optional[str] = None
-        self.advertised_warm: List[str] = []
+        self.pool = WorkerProcesses(self.poller, args.max_payload_size * 2 + (64 << 20), self.engine_cpu, original)
+        self.containers = ContainerWorkers(args, self.pool, self.table, self.out, mid=self.mid.decode(),
+                                           hostname=self.hostname, worker_env=self.worker_env,
+                                           worker_cpus=self.worker_cpus)
+        self.ic_handlers = {P.TASKS: self.on_tasks, P.FUNCS: self.on_funcs, P.HEARTBEAT: self.on_heartbeat,
+                            P.HOLD: self.on_hold, P.SHUTDOWN: self.on_shutdown, P.REFUSED: self.on_shutdown,
+                            P.CANCEL: self.on_cancel}
+
+    def _pin(self, original) -> tuple:
+        """engine_cpu: this thread and libzmq's threads (started with the first socket) share one CPU
+        with the interchange; workers must not inherit that, so they are told the original CPUs.
+        Returns (the CPU pinned to or None, the workers' ``--cpus`` or None)."""
+        if self.args.engine_cpu is None:
+            return None, None
+        cpu = affinity.choose(self.args.engine_cpu, original)
+        if not affinity.pin_this_thread(cpu, "manager"):
+            return None, None
+        worker_cpus = affinity.format_cpus(original)
+        logger.info("manager pinned to CPU %d; workers get cpus %s", cpu, worker_cpus)
+        return cpu, worker_cpus
+
+    def _interchange_socket(self) -> zmq.Socket:
+        args = self.args
+        ic = self.ctx.socket(zmq.DEALER)
+        ic.setsockopt(zmq.LINGER, 0)
+        ic.setsockopt(zmq.IDENTITY, self.mid)
+        ic.setsockopt(zmq.SNDHWM, 0)
+        ic.setsockopt(zmq.RCVHWM, 0)
+        # A DEALER with no peer pipe blocks in send; after a fatal handshake failure (wrong or missing
+        # CURVE keys) it has none, and would block for ever.  Bound every send by the liveness threshold.
+        ic.setsockopt(zmq.SNDTIMEO, int(args.heartbeat_threshold * 1000))
+        if args.max_payload_size:
+            ic.setsockopt(zmq.MAXMSGSIZE, args.max_payload_size + (16 << 20))
+        if args.cert_dir:
+            from faasx.executor.security import configure_client
+            configure_client(ic, args.cert_dir)
+        return ic
 
     def _mpi_table(self, args: argparse.Namespace) -> WorkerTable:
         """MPI mode (``faasx.MPIExecutor``): this block's nodes are a pool; a task waits for its nodes."""
@@ -170,25 +232,8 @@ class Manager(ContainerWorkers):
         return min(deadlines) if deadlines else math.inf
 
     # ---- workers -----------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def unpinned(self):
-        """Fork a worker (or a container engine) with this thread's original CPUs, not the engine's pin: a
-        child inherits its forking thread's affinity, and a worker's interpreter start-up and imports
-        (~50 ms of CPU each) would otherwise all run on the engine's CPU, one worker after another, before
-        its ``--cpus`` takes effect."""
-        if self.engine_cpu is None:
-            yield
-            return
-        try:
-            os.sched_setaffinity(0, self.original_cpus)
-        except OSError as e:
-            logger.warning("could not unpin the manager to start a worker: %s", e)
-        try:
-            yield
-        finally:
-            affinity.pin_this_thread(self.engine_cpu, "manager")
-
-    def _worker_env(self, wid: int) -> Dict[str, str]:
+    def worker_env(self, wid: int) -> Dict[str, str]:
+        """The variables that tell worker ``wid`` who it is and which accelerator is its own."""
         env: Dict[str, str] = {}
         if self.accelerators:
             device = self.accelerators[wid % len(self.accelerators)]
@@ -200,13 +245,13 @@ class Manager(ContainerWorkers):
         return env
 
     def start_worker(self, container: Optional[str] = None) -> None:
+        """Start a plain worker, or one inside container ``container`` (``ContainerWorkers.start``)."""
         if container is not None:
-            self.start_container_worker(container)
+            self.containers.start(container)
             return
-        wid = self.next_wid
-        self.next_wid += 1
+        wid = self.pool.new_wid()
         env = dict(os.environ)
-        env.update(self._worker_env(wid))
+        env.update(self.worker_env(wid))
         log_base = os.path.join(self.args.logdir, f"worker_{self.mid.decode()}_{wid}")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         argv = command("faasx-worker", "faasx.executor.worker") + [
@@ -217,189 +262,144 @@ class Manager(ContainerWorkers):
         if self.args.debug:
             argv.append("--debug")
         try:
-            with open(log_base + ".out", "ab") as out, self.unpinned():
-                # own session: at shutdown we kill the worker's whole process group, children included
-                self.procs[wid] = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                                   stderr=subprocess.STDOUT, start_new_session=True,
-                                                   pass_fds=(theirs.fileno(),))
+            with open(log_base + ".out", "ab") as out:
+                proc = self.pool.spawn(wid, argv, out, env=env, stdin=subprocess.DEVNULL,
+                                       pass_fds=(theirs.fileno(),))
         finally:
             theirs.close()
-        chan = Channel(ours, max_message=self.args.max_payload_size * 2 + (64 << 20))
-        self.chans[wid] = chan
-        self.fd_wid[chan.fileno()] = wid
-        self.poller.register(chan.fileno(), zmq.POLLIN)
+        self.pool.add_channel(wid, ours)
         self.table.add(wid, None, time.monotonic())
-        logger.info("started worker %d (pid %d)%s", wid, self.procs[wid].pid,
+        logger.info("started worker %d (pid %d)%s", wid, proc.pid,
                     f" on accelerator {env['CUDA_VISIBLE_DEVICES']}" if self.accelerators else "")
 
-    def _add_channel(self, wid: int, sock: socket.socket) -> None:
-        chan = Channel(sock, max_message=self.args.max_payload_size * 2 + (64 << 20))
-        self.chans[wid] = chan
-        self.fd_wid[chan.fileno()] = wid
-        self.poller.register(chan.fileno(), zmq.POLLIN)
-
-    def worker_gone(self, wid: int, results: list, payloads: list, detail: str = "") -> None:
-        """A worker died or broke its channel: report the tasks it held and start a replacement."""
-        chan = self.chans.pop(wid, None)
-        if chan is not None:
-            self.fd_wid.pop(chan.fileno(), None)
-            self.poller.unregister(chan.fileno())
-            chan.close()
-        self._drop_listener(wid)
+    def worker_gone(self, wid: int, detail: str = "") -> None:
+        """A worker died or broke its channel: reap it and say how it ended (``_reap``), then report the
+        tasks it held (``_report_lost``) and replace it.  ``detail`` is what the manager saw."""
         slot = self.table.slots.get(wid)
-        container = slot.container if slot is not None else None
-        was_ready = slot is not None and slot.ready
-        proc = self.procs.get(wid)
-        pid = proc.pid if proc else -1
-        if container is not None and proc is not None and proc.poll() is None:
-            if not was_ready:
-                # the engine is still exiting (its code tells an engine error from a worker's):
-                # check_workers comes back here once it has
-                return
-            # never block the loop on a container engine's clean-up: reap it in the background
-            del self.procs[wid]
-            self.retiring[wid] = (proc, time.monotonic() + RETIRE_GRACE)
-            proc = None
-        else:
-            self.procs.pop(wid, None)
-        how = detail or "died"
-        code = None
-        if proc is not None:
-            try:
-                code = proc.wait(0.5)
-                killed_here = False
-            except subprocess.TimeoutExpired:
-                self._kill(proc)
-                code = proc.wait()
-                killed_here = True     # our SIGKILL is not the cause: keep the detail that says why
-            if not detail or (code != 0 and not killed_here):
-                how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            elif killed_here:
-                how = f"{detail}; the manager stopped it"
-        if container is not None and not was_ready:
-            self._container_start_failed(wid, container, how, results, payloads,
-                                         definite=proc is not None and code in ENGINE_ERROR_CODES)
+        key = slot.container if slot is not None else None
+        ready = slot is not None and slot.ready
+        self.pool.close_channel(wid)
+        self.containers.drop_listener(wid)
+        ended = self._reap(wid, key, ready, detail)
+        if ended is None:
             return
-        if wid not in self.retiring:
-            self.container_names.pop(wid, None)
+        pid, code, how = ended
+        if key is not None and not ready:
+            self.containers.start_failed(wid, key, how, definite=code in ENGINE_ERROR_CODES)
+            return
+        self.containers.forget(wid)
+        self._report_lost(wid, pid, how)
+        if key is None and self.running and not self.draining:
+            # a plain worker is replaced at once; container workers are started again on demand
+            self.restarts[wid] = self.restarts.get(wid, 0) + 1
+            self.start_worker()
+
+    def _reap(self, wid: int, key: Optional[str], ready: bool, detail: str) -> Optional[tuple]:
+        """(pid, exit status or None, how it ended) of a gone worker, its process reaped; None while a
+        container engine that never got its worker ready is still exiting (its exit status tells an
+        engine error from a worker's: ``check_workers`` comes back here once it has)."""
+        proc = self.pool.procs.get(wid)
+        if proc is None:
+            return -1, None, detail or "died"
+        if key is not None and proc.poll() is None:
+            if not ready:
+                return None
+            # never block the loop on a container engine's clean-up: reap it in the background
+            del self.pool.procs[wid]
+            self.containers.retire_process(wid, proc)
+            return proc.pid, None, detail or "died"
+        del self.pool.procs[wid]
+        code, how = self.pool.reap(proc, detail)
+        return proc.pid, code, how
+
+    def _report_lost(self, wid: int, pid: int, how: str) -> None:
+        """The tasks worker ``wid`` held go back to the interchange as WORKER_LOST (it may re-dispatch them)."""
         lost = self.table.remove(wid)
         if lost or (self.running and not self.draining):
             logger.error("worker %d (pid %d) %s while holding %d task(s): %s", wid, pid, how, len(lost),
                          [t[0] for t in lost])
         for task in lost:
-            results.append([task[0], P.WORKER_LOST])
-            payloads.append(P.failure_payload(
+            self.out.add(task[0], P.WORKER_LOST, P.failure_payload(
                 "WorkerLost", f"task {task[0]}: worker {wid} (pid {pid}) on {self.hostname} {how} while "
                 "running it. If the function crashes the interpreter (segfault, os._exit, out of memory), "
                 "fix it or give it more memory (mem_per_worker).", 0))
-        if self.running and not self.draining and container is None:
-            # a plain worker is replaced at once; container workers are started again on demand
-            self.restarts[wid] = self.restarts.get(wid, 0) + 1
-            self.start_worker()
 
-    @staticmethod
-    def _kill(proc: subprocess.Popen) -> None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    def check_workers(self) -> None:
+        """Every ``WORKER_CHECK_PERIOD``: processes that ended, channels left corrupt, containers that
+        are not ready in time, retired workers still exiting."""
+        for wid in self.pool.exited():
+            self.worker_gone(wid)
+        # A worker writes each message whole, so one left half-written for heartbeat_threshold means
+        # its stream is corrupt (the function wrote on the socket): no result can be trusted to arrive;
+        # replace the worker and report its tasks lost rather than wait for ever.
+        for wid in self.pool.corrupt(time.monotonic(), self.threshold):
+            self.worker_gone(wid, f"left a message unfinished for more than {self.threshold}s (corrupt channel)")
+        for wid, detail in self.containers.overdue_starts(time.monotonic()):
+            self.worker_gone(wid, detail)
+        self.containers.reap_retiring(time.monotonic())
 
-    def check_workers(self, results: list, payloads: list) -> None:
-        for wid, proc in list(self.procs.items()):
-            if proc.poll() is not None:
-                self.worker_gone(wid, results, payloads)
-        now = time.monotonic()
-        for wid, chan in list(self.chans.items()):
-            # A worker writes each message whole, so one left half-written for heartbeat_threshold
-            # means its stream is corrupt (the function wrote on the socket): no result can be trusted
-            # to arrive; replace the worker and report its tasks lost rather than wait for ever.
-            if chan.partial_since is not None and now - chan.partial_since > self.args.heartbeat_threshold:
-                self.worker_gone(wid, results, payloads, "left a message unfinished for more than "
-                                 f"{self.args.heartbeat_threshold}s (corrupt channel)")
-        if self.container_names:
-            now = time.monotonic()
-            timeout = self.args.container_start_timeout
-            for wid, slot in list(self.table.slots.items()):
-                if slot.container is not None and not slot.ready and now - slot.started_at > timeout \
-                        and wid in self.procs:
-                    logger.error("worker %d in container %s not ready after %.0fs (container_start_timeout); "
-                                 "stopping it", wid, slot.container, now - slot.started_at)
-                    self._remove_container(wid)
-                    self._kill(self.procs[wid])
-                    try:
-                        self.procs[wid].wait(5)
-                    except subprocess.TimeoutExpired:
-                        pass
-                    self.worker_gone(wid, results, payloads, f"was not ready within {timeout:.0f}s")
-        if self.retiring:
-            self.reap_retiring(time.monotonic())
+    def rebalance_workers(self) -> None:
+        """Start and stop workers so queued tasks get a worker of their kind (``WorkerTable.plan``).
+        Also while draining: held container tasks may still need their worker started."""
+        table = self.table
+        if not (table.queued() and self.running):
+            return
+        if not (self.containers.active() or len(table.slots) < self.n_workers or any(table.cqueues.values())):
+            return
+        to_start, to_stop = table.plan(self.n_workers, self.args.max_container_types, self.containers.blocked())
+        for wid in to_stop:
+            self.containers.retire_worker(wid)
+        for key in to_start:
+            self.start_worker(key)
 
     def stop_workers(self, grace: float = 2.0) -> None:
-        for chan in self.chans.values():
-            try:
-                chan.send(P.pack(P.SHUTDOWN, {}))
-            except OSError:
-                pass
-        deadline = time.monotonic() + grace
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for wid, proc in self.procs.items():
-            if proc.poll() is None:
-                self._remove_container(wid)   # a container outlives a killed ``podman run``
-            self._kill(proc)   # the whole group: also children the functions left behind
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                logger.error("worker %d (pid %d) did not die after SIGKILL within 5 s", wid, proc.pid)
-        for chan in self.chans.values():
-            chan.close()
-        self.procs.clear()
-        self.chans.clear()
-        self.fd_wid.clear()
-        self.reap_retiring(time.monotonic(), force=True)
-        for wid in list(self.listeners.values()):
-            self._drop_listener(wid[0])
-        self.container_names.clear()
-        if self.sock_dir is not None:
-            import shutil
-            shutil.rmtree(self.sock_dir, ignore_errors=True)
-            self.sock_dir = None
+        # a container outlives a killed ``podman run``: remove it before the kill
+        self.pool.stop_all(grace, before_kill=self.containers.remove_container)
+        self.containers.close()
 
-    # ---- main loop ---------------------------------------------------------------------------
+    # ---- registration ------------------------------------------------------------------------
     def connect(self) -> bool:
-        if self.args.ipc and ipc_reachable(self.args.ipc):
-            url = f"ipc://@{self.args.ipc}"    # the interchange is on this host (see Interchange._bind_local_ipc)
-        else:
-            addresses = [a for a in self.args.addresses.split(",") if a]
-            address = probe_addresses(addresses, self.args.port, self.args.address_probe_timeout)
-            if address is None:
-                logger.error("could not reach the interchange on port %d at any of %s within %ss. Fix: give the "
-                             "executor an address the compute nodes can reach (address=...), or check firewalls.",
-                             self.args.port, addresses, self.args.address_probe_timeout)
-                return False
-            url = f"tcp://{address}:{self.args.port}"
+        """Connect to the interchange and register; False (logged with the fix) if that fails."""
+        url = self._interchange_url()
+        if url is None:
+            return False
         self.ic.connect(url)
+        return self._register(url) and self._await_registered(url)
+
+    def _interchange_url(self) -> Optional[str]:
+        if self.args.ipc and ipc_reachable(self.args.ipc):
+            return f"ipc://@{self.args.ipc}"    # the interchange is on this host (see Interchange._bind_local_ipc)
+        addresses = [a for a in self.args.addresses.split(",") if a]
+        address = probe_addresses(addresses, self.args.port, self.args.address_probe_timeout)
+        if address is None:
+            logger.error("could not reach the interchange on port %d at any of %s within %ss. Fix: give the "
+                         "executor an address the compute nodes can reach (address=...), or check firewalls.",
+                         self.args.port, addresses, self.args.address_probe_timeout)
+            return None
+        return f"tcp://{address}:{self.args.port}"
+
+    def _register(self, url: str) -> bool:
         register = {
             "manager_id": self.mid.decode(), "block_id": str(self.block_id), "hostname": self.hostname,
             "pid": os.getpid(), "workers": self.n_workers, "prefetch": self.table.prefetch(),
             "versions": P.versions(), "token": self.args.token, "accelerators": self.accelerators,
-            "containers": bool(self.runtimes), "container_runtimes": self.runtimes,
+            "containers": bool(self.containers.runtimes), "container_runtimes": self.containers.runtimes,
         }
         try:
             self.ic.send_multipart(P.pack(P.REGISTER, register))
         except zmq.Again:
             logger.error("the interchange at %s did not answer the registration: it could not even be sent within "
                          "%ss (no connection; with encryption on, check that this node can read the executor's "
-                         "cert_dir)", url, self.args.heartbeat_threshold)
+                         "cert_dir)", url, self.threshold)
             return False
         logger.info("registering with the interchange at %s as %s (block %s, %d workers)", url, self.mid.decode(),
                     self.block_id, self.n_workers)
-        if not self.ic.poll(int(self.args.heartbeat_threshold * 1000)):
-            logger.error("the interchange at %s did not answer the registration within %ss", url,
-                         self.args.heartbeat_threshold)
+        self.advertised_prefetch = register["prefetch"]
+        return True
+
+    def _await_registered(self, url: str) -> bool:
+        if not self.ic.poll(int(self.threshold * 1000)):
+            logger.error("the interchange at %s did not answer the registration within %ss", url, self.threshold)
             return False
         msg_type, body, _ = P.unpack(self.ic.recv_multipart())
         if msg_type == P.REFUSED:
@@ -408,14 +408,38 @@ class Manager(ContainerWorkers):
         if msg_type != P.REGISTERED:
             logger.error("unexpected reply to registration: %s", P.TYPE_NAMES.get(msg_type))
             return False
-        self.advertised_prefetch = register["prefetch"]
         return True
 
+    # ---- main loop ---------------------------------------------------------------------------
     def run(self) -> int:
-        # Start-up is bounded as a whole too: probing, registering and (on failure) cleaning up end
-        # within this many seconds, or the kernel ends the process.
+        """Start up, then loop -- serve sockets, periodic checks, hand tasks to workers, flush results,
+        heartbeat, liveness -- until told to stop, the drain is done or the interchange is gone."""
+        if not self.start():
+            return 1
+        now = time.monotonic()
+        try:
+            while self.running:
+                now = self.serve_sockets(now)
+                self.periodic_checks(now)
+                self.dispatch_to_workers(now)
+                self.rebalance_workers()
+                self.flush_results()
+                self.report_started(now)
+                self.update_capacity(now)
+                self.heartbeat(now)
+                self.check_liveness(now)
+        except zmq.Again:
+            # every send to the interchange is bounded (SNDTIMEO = heartbeat_threshold)
+            logger.error("could not send to the interchange for %ss: it is gone. Stopping workers and exiting.",
+                         self.threshold)
+            self.terminate_reason = "interchange unreachable"
+        return self.shutdown()
+
+    def start(self) -> bool:
+        """Start the workers and register.  Start-up is bounded as a whole: probing, registering and (on
+        failure) cleaning up end within a bound, or the kernel ends the process."""
         probing = len([a for a in self.args.addresses.split(",") if a]) > 1
-        bound = int((self.args.address_probe_timeout if probing else 0) + 2 * self.args.heartbeat_threshold) + 10
+        bound = int((self.args.address_probe_timeout if probing else 0) + 2 * self.threshold) + 10
         arm_exit_watchdog(bound, f"the interchange did not answer the registration within the start-up bound of "
                                  f"{bound}s (start-up watchdog); exiting")
         # workers boot (~0.1 s of imports) while the registration round trip is under way
@@ -426,160 +450,66 @@ class Manager(ContainerWorkers):
             self.stop_workers(grace=0)
             self.ic.close(0)
             self.ctx.term()
-            return 1
+            return False
         signal.alarm(0)   # registered: from here liveness is the heartbeats' job
-        poller = self.poller
-        hb_period = self.args.heartbeat_period
-        threshold = self.args.heartbeat_threshold
+        self.last_ic = self.last_hb = self.last_check = self.last_capacity = time.monotonic()
+        return True
+
+    def serve_sockets(self, now: float) -> float:
+        """Wait for the interchange or a worker (not at all when an idle worker has work waiting; at most
+        until a STARTED report is due), handle every message that arrived; returns the time after the wait."""
+        timeout = 0 if self.table.assignable() else WORKER_CHECK_PERIOD * 1000
+        if self.unreported_since is not None:
+            due = self.unreported_since + P.STARTED_DELAY - now
+            timeout = min(timeout, max(0.0, due) * 1000)
+        events = self.poller.poll(timeout)
         now = time.monotonic()
-        last_ic = last_hb = last_check = last_capacity = now
-        results: list = []
-        payloads: list = []
-        ic_sock = self.ic
-        try:
-            while self.running:
-                timeout = 0 if self.table.assignable() else WORKER_CHECK_PERIOD * 1000
-                if self.unreported_since is not None:
-                    due = self.unreported_since + P.STARTED_DELAY - now
-                    timeout = min(timeout, max(0.0, due) * 1000)
-                events = poller.poll(timeout)
-                now = time.monotonic()
-                for sock, _ in events:
-                    if sock is ic_sock:
-                        last_ic = now
-                        for frames in drain(ic_sock, 1000):
-                            self.handle_interchange(frames)
-                    else:
-                        wid = self.fd_wid.get(sock)
-                        chan = self.chans.get(wid) if wid is not None else None
-                        if chan is None:
-                            if sock in self.listeners:
-                                self.accept_container_worker(sock)
-                            continue
-                        try:
-                            for frames in chan.recv_available():
-                                self.handle_worker(wid, frames, results, payloads, now)
-                        except (ChannelClosed, ChannelError, ConnectionResetError) as e:
-                            self.worker_gone(wid, results, payloads, f"closed its connection ({e})")
-                if now - last_check >= WORKER_CHECK_PERIOD:
-                    last_check = now
-                    self.check_workers(results, payloads)
-                    if time.time() >= self.drain_at and not self.draining:
-                        self.start_drain("the block's walltime is nearly over" if os.environ.get("FAASX_WALLTIME_END")
-                                         else f"drain_period of {self.args.drain_period}s reached")
-                self.dispatch_to_workers(now, results, payloads)
-                # also while draining: held container tasks may still need their worker started
-                if self.table.queued() and self.running and (
-                        self.container_names or len(self.table.slots) < self.n_workers
-                        or any(self.table.cqueues.values())):
-                    self.manage_containers(results, payloads)
-                if self.withdrawn:
-                    self.answer_withdrawn(results, payloads)
-                if results:
-                    if self.unreported:
-                        for r in results:
-                            self.unreported.pop(r[0], None)
-                    send(ic_sock, P.pack(P.RESULTS, results, payloads))
-                    results, payloads = [], []
-                if self.unreported_since is not None:
-                    self.report_started(now)
-                if now - last_capacity >= CAPACITY_UPDATE_PERIOD and not self.draining:
-                    last_capacity = now
-                    self.update_capacity()
-                warm = self.table.warm() if self.container_names else []
-                if now - last_hb >= hb_period or warm != self.advertised_warm:
-                    last_hb = now
-                    self.advertised_warm = warm
-                    ic_sock.send_multipart(P.pack(P.HEARTBEAT, {"held": self.table.held(), "warm": warm}))
-                if now - last_ic > threshold:
-                    logger.error("the interchange has been silent for %.1fs (heartbeat_threshold %ss); it is gone. "
-                                 "Stopping workers and exiting.", now - last_ic, threshold)
-                    self.terminate_reason = "interchange lost"
-                    self.running = False
-                if self.draining and self.table.held() == 0:
-                    logger.info("drained (%s): no tasks left; exiting", self.drain_reason)
-                    self.running = False
-        except zmq.Again:
-            # every send to the interchange is bounded (SNDTIMEO = heartbeat_threshold)
-            logger.error("could not send to the interchange for %ss: it is gone. Stopping workers and exiting.",
-                         threshold)
-            self.terminate_reason = "interchange unreachable"
-        return self.shutdown()
-
-    def handle_interchange(self, frames) -> None:
-        try:
-            msg_type, body, payloads = P.unpack(frames)
-            if msg_type == P.TASKS:
-                records = P.check_tasks(body, payloads)
-                tasks = [(r[0], r[1], r[2], r[3], payloads[i]) for i, r in enumerate(records)]
-                if any(r[3] and r[3].get("container") for r in records):
-                    tasks = self.admit_container_tasks(tasks)
-                self.table.enqueue(tasks)
-                if self.args.debug:
-                    logger.debug("received tasks %s", [r[0] for r in records])
-            elif msg_type == P.FUNCS:
-                for fid, code in zip(P.check_funcs(body, payloads), payloads):
-                    self.codes[fid] = code
-            elif msg_type == P.HEARTBEAT:
-                pass
-            elif msg_type == P.CANCEL:
-                self.withdrawn.extend(t[0] for t in self.table.withdraw(set(P.parse_cancel(body))))
-            elif msg_type == P.HOLD:
-                self.start_drain("the executor is scaling in this block", notify=False)
-            elif msg_type in (P.SHUTDOWN, P.REFUSED):
-                reason = (body or {}).get("reason", "the executor is shutting down") if isinstance(body, dict) else ""
-                logger.info("the interchange asked this manager to exit: %s", reason)
-                self.terminate_reason = reason or "shutdown requested"
-                self.running = False
+        ic = self.ic
+        for sock, _ in events:
+            if sock is ic:
+                self.last_ic = now
+                for frames in drain(ic, 1000):
+                    self.handle_interchange(frames)
             else:
-                raise P.ProtocolError(f"unexpected {P.TYPE_NAMES[msg_type]} message")
-        except P.ProtocolError as e:
-            self.malformed += 1
-            logger.error("dropped malformed message from the interchange: %s", e)
+                self.serve_worker(sock, now)
+        return now
 
-    def handle_worker(self, wid: int, frames, results: list, payloads: list, now: float) -> None:
+    def serve_worker(self, fd: int, now: float) -> None:
+        wid = self.pool.fd_wid.get(fd)
+        chan = self.pool.chans.get(wid) if wid is not None else None
+        if chan is None:
+            self.containers.accept(fd)   # a container worker connecting to its socket path
+            return
         try:
-            msg_type, body, data = P.unpack(frames)
-            if msg_type == P.RESULTS:
-                recs = P.check_results(body, data)
-                slot = self.table.slots.get(wid)
-                held = slot.tasks if slot is not None else {}
-                if any(r[0] not in held for r in recs):
-                    # only the worker running a task may report it (a function can write on its
-                    # worker's socket: it must not resolve another task's future)
-                    stray = [r[0] for r in recs if r[0] not in held]
-                    keep = [i for i, r in enumerate(recs) if r[0] in held]
-                    recs, data = [recs[i] for i in keep], [data[i] for i in keep]
-                    self.malformed += 1
-                    logger.error("dropped results from worker %d for task(s) it does not hold: %s", wid, stray[:20])
-                self.table.done(wid, [r[0] for r in recs], now)
-                results.extend(recs)
-                payloads.extend(data)
-            elif msg_type == P.READY:
-                slot = self.table.slots.get(wid)
-                if slot is None:
-                    raise P.ProtocolError(f"READY from unknown worker {wid}")
-                if slot.container is not None:
-                    theirs = body.get("versions") if isinstance(body, dict) else None
-                    diff = P.version_mismatch(P.versions(), theirs) if theirs is not None else {}
-                    if diff:
-                        self.container_version_mismatch(wid, slot.container, diff, results, payloads)
-                        return
-                    self.start_failures.pop(slot.container, None)
-                    self.broken.pop(slot.container, None)
-                    logger.info("worker %d in container %s is ready after %.2fs", wid, slot.container,
-                                now - slot.started_at)
-                self.table.mark_ready(wid, now)
-            else:
-                raise P.ProtocolError(f"unexpected {P.TYPE_NAMES[msg_type]} message")
-        except P.ProtocolError as e:
-            self.malformed += 1
-            logger.error("dropped malformed message from worker %d: %s", wid, e)
+            for frames in chan.recv_available():
+                self.handle_worker(wid, frames, now)
+        except (ChannelClosed, ChannelError, ConnectionResetError) as e:
+            self.worker_gone(wid, f"closed its connection ({e})")
+
+    def periodic_checks(self, now: float) -> None:
+        if now - self.last_check < WORKER_CHECK_PERIOD:
+            return
+        self.last_check = now
+        self.check_workers()
+        if time.time() >= self.drain_at and not self.draining:
+            self.start_drain("the block's walltime is nearly over" if os.environ.get("FAASX_WALLTIME_END")
+                             else f"drain_period of {self.args.drain_period}s reached")
+
+    def flush_results(self) -> None:
+        if self.withdrawn:
+            self.answer_withdrawn()
+        if self.out:
+            if self.unreported:     # a result says by itself that its task started
+                for r in self.out.records:
+                    self.unreported.pop(r[0], None)
+            send(self.ic, P.pack(P.RESULTS, *self.out.take()))
 
     def report_started(self, now: float) -> None:
         """Tell the interchange which tasks workers have taken, once the oldest of them has run for
         ``STARTED_DELAY`` without a result (a result says it by itself): their futures become
         running().  One small message per STARTED_DELAY at most, none for short tasks."""
+        if self.unreported_since is None:
+            return
         if not self.unreported:
             self.unreported_since = None
         elif now - self.unreported_since >= P.STARTED_DELAY:
@@ -587,40 +517,19 @@ class Manager(ContainerWorkers):
             self.unreported.clear()
             self.unreported_since = None
 
-    def answer_withdrawn(self, results: list, payloads: list) -> None:
+    def answer_withdrawn(self) -> None:
         """Tasks cancelled by the client before any worker took them never run: each is answered with a
         FAILED result, which completes it at the interchange (the client's future is cancelled already)."""
         for tid in self.withdrawn:
-            results.append([tid, P.FAILED])
-            payloads.append(P.failure_payload("FAILED", f"task {tid} was cancelled before it started", 0))
+            self.out.add(tid, P.FAILED, P.failure_payload("FAILED", f"task {tid} was cancelled before it started", 0))
         logger.info("dropped %d queued task(s) the client cancelled", len(self.withdrawn))
         self.withdrawn = []
 
-    def dispatch_to_workers(self, now: float, results: list, payloads: list) -> None:
-        for slot, batch in self.table.assign(now):
-            chan = self.chans.get(slot.wid)
-            missing = [t[1] for t in batch if t[1] not in slot.fids]
-            try:
-                if chan is None:
-                    raise BrokenPipeError("no channel")
-                if missing:
-                    fids = list(dict.fromkeys(missing))
-                    have = [f for f in fids if f in self.codes]
-                    chan.send(P.pack(P.FUNCS, have, [self.codes[f] for f in have]))
-                    slot.fids.update(have)
-                chan.send(P.pack(P.TASKS, [[t[0], t[1], t[2], t[3]] for t in batch], [t[4] for t in batch]))
-                unreported = self.unreported
-                for t in batch:
-                    unreported[t[0]] = None
-                if self.unreported_since is None:
-                    self.unreported_since = now
-                if self.args.debug:
-                    logger.debug("tasks %s -> worker %d", [t[0] for t in batch], slot.wid)
-            except OSError as e:
-                # the worker is gone: its tasks (this batch included) are reported lost
-                self.worker_gone(slot.wid, results, payloads, f"could not be sent its tasks ({e})")
-
-    def update_capacity(self) -> None:
+    def update_capacity(self, now: float) -> None:
+        """Tell the interchange a new capacity when the adaptive prefetch moved by more than a quarter."""
+        if self.draining or now - self.last_capacity < CAPACITY_UPDATE_PERIOD:
+            return
+        self.last_capacity = now
         prefetch = self.table.prefetch()
         old = self.advertised_prefetch
         if prefetch != old and (old <= 0 or abs(prefetch - old) > 0.25 * old):
@@ -628,6 +537,137 @@ class Manager(ContainerWorkers):
             self.ic.send_multipart(P.pack(P.HEARTBEAT, {"held": self.table.held(),
                                                         "capacity": self.n_workers + prefetch}))
 
+    def heartbeat(self, now: float) -> None:
+        """Every ``heartbeat_period``, and at once when the set of warm containers changed."""
+        warm = self.table.warm() if self.containers.active() else []
+        if now - self.last_hb >= self.hb_period or warm != self.advertised_warm:
+            self.last_hb = now
+            self.advertised_warm = warm
+            self.ic.send_multipart(P.pack(P.HEARTBEAT, {"held": self.table.held(), "warm": warm}))
+
+    def check_liveness(self, now: float) -> None:
+        """Stop when the interchange has been silent too long, or a drain has nothing left."""
+        if now - self.last_ic > self.threshold:
+            logger.error("the interchange has been silent for %.1fs (heartbeat_threshold %ss); it is gone. "
+                         "Stopping workers and exiting.", now - self.last_ic, self.threshold)
+            self.terminate_reason = "interchange lost"
+            self.running = False
+        if self.draining and self.table.held() == 0:
+            logger.info("drained (%s): no tasks left; exiting", self.drain_reason)
+            self.running = False
+
+    # ---- messages ----------------------------------------------------------------------------
+    def handle_interchange(self, frames) -> None:
+        try:
+            msg_type, body, payloads = P.unpack(frames)
+            handler = self.ic_handlers.get(msg_type)
+            if handler is None:
+                raise P.ProtocolError(f"unexpected {P.TYPE_NAMES[msg_type]} message")
+            handler(body, payloads)
+        except P.ProtocolError as e:
+            self.malformed += 1
+            logger.error("dropped malformed message from the interchange: %s", e)
+
+    def on_tasks(self, body, payloads) -> None:
+        records = P.check_tasks(body, payloads)
+        tasks = [(r[0], r[1], r[2], r[3], payloads[i]) for i, r in enumerate(records)]
+        if any(r[3] and r[3].get("container") for r in records):
+            tasks = self.containers.admit(tasks)
+        self.table.enqueue(tasks)
+        if self.args.debug:
+            logger.debug("received tasks %s", [r[0] for r in records])
+
+    def on_funcs(self, body, payloads) -> None:
+        for fid, code in zip(P.check_funcs(body, payloads), payloads):
+            self.codes[fid] = code
+
+    def on_cancel(self, body, payloads) -> None:
+        """The client cancelled these tasks: those still queued here never run (``answer_withdrawn``)."""
+        self.withdrawn.extend(t[0] for t in self.table.withdraw(set(P.parse_cancel(body))))
+
+    def on_heartbeat(self, body, payloads) -> None:
+        """Nothing to do: any message counts as the interchange being alive (``serve_sockets``)."""
+
+    def on_hold(self, body, payloads) -> None:
+        self.start_drain("the executor is scaling in this block", notify=False)
+
+    def on_shutdown(self, body, payloads) -> None:
+        """SHUTDOWN or REFUSED: exit now."""
+        reason = body.get("reason", "the executor is shutting down") if isinstance(body, dict) else ""
+        logger.info("the interchange asked this manager to exit: %s", reason)
+        self.terminate_reason = reason or "shutdown requested"
+        self.running = False
+
+    def handle_worker(self, wid: int, frames, now: float) -> None:
+        try:
+            msg_type, body, data = P.unpack(frames)
+            if msg_type == P.RESULTS:
+                self.on_results(wid, P.check_results(body, data), data, now)
+            elif msg_type == P.READY:
+                self.on_ready(wid, body, now)
+            else:
+                raise P.ProtocolError(f"unexpected {P.TYPE_NAMES[msg_type]} message")
+        except P.ProtocolError as e:
+            self.malformed += 1
+            logger.error("dropped malformed message from worker %d: %s", wid, e)
+
+    def on_results(self, wid: int, recs: list, data, now: float) -> None:
+        slot = self.table.slots.get(wid)
+        held = slot.tasks if slot is not None else {}
+        if any(r[0] not in held for r in recs):
+            recs, data = self._drop_stray(wid, recs, data, held)
+        self.table.done(wid, [r[0] for r in recs], now)
+        self.out.extend(recs, data)
+
+    def _drop_stray(self, wid: int, recs: list, data, held) -> tuple:
+        """Only the worker running a task may report it (a function can write on its worker's socket: it
+        must not resolve another task's future)."""
+        stray = [r[0] for r in recs if r[0] not in held]
+        keep = [i for i, r in enumerate(recs) if r[0] in held]
+        self.malformed += 1
+        logger.error("dropped results from worker %d for task(s) it does not hold: %s", wid, stray[:20])
+        return [recs[i] for i in keep], [data[i] for i in keep]
+
+    def on_ready(self, wid: int, body, now: float) -> None:
+        slot = self.table.slots.get(wid)
+        if slot is None:
+            raise P.ProtocolError(f"READY from unknown worker {wid}")
+        if slot.container is not None and not self.containers.worker_ready(wid, slot, body, now):
+            return
+        self.table.mark_ready(wid, now)
+
+    def dispatch_to_workers(self, now: float) -> None:
+        """Hand queued tasks to idle workers (``WorkerTable.assign``): FUNCS they lack, then the TASKS."""
+        for slot, batch in self.table.assign(now):
+            try:
+                self._send_batch(slot, batch, now)
+            except OSError as e:
+                # the worker is gone: its tasks (this batch included) are reported lost
+                self.worker_gone(slot.wid, f"could not be sent its tasks ({e})")
+
+    def _send_batch(self, slot, batch: list, now: float) -> None:
+        chan = self.pool.chans.get(slot.wid)
+        if chan is None:
+            raise BrokenPipeError("no channel")
+        missing = [t[1] for t in batch if t[1] not in slot.fids]
+        if missing:
+            self._send_funcs(chan, slot, missing)
+        chan.send(P.pack(P.TASKS, [[t[0], t[1], t[2], t[3]] for t in batch], [t[4] for t in batch]))
+        unreported = self.unreported
+        for t in batch:
+            unreported[t[0]] = None
+        if self.unreported_since is None:
+            self.unreported_since = now
+        if self.args.debug:
+            logger.debug("tasks %s -> worker %d", [t[0] for t in batch], slot.wid)
+
+    def _send_funcs(self, chan, slot, missing: list) -> None:
+        """The code of the functions of a batch that this worker has not been sent yet."""
+        have = [f for f in dict.fromkeys(missing) if f in self.codes]
+        chan.send(P.pack(P.FUNCS, have, [self.codes[f] for f in have]))
+        slot.fids.update(have)
+
+    # ---- ending ------------------------------------------------------------------------------
     def start_drain(self, reason: str, notify: bool = True) -> None:
         self.draining = True
         self.drain_reason = reason

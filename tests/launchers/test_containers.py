@@ -278,7 +278,7 @@ def test_worker_in_podman_reaches_the_managers_ipc_socket(tmp_path, podman_image
         assert seen["wt"] == "1700000000" and seen["gpu"] == "1"
         assert seen["path"] != os.environ["PATH"], "the image's PATH, not the host's"
         assert seen["cwd"] == str(ipc_dir)
-        assert seen["faasx"] == os.path.join(ROOT, "faasx", "containers.py")
+        assert seen["faasx"] == os.path.join(ROOT, "faasx", "containers", "__init__.py")
     finally:
         server.close()
         thread.join(5)

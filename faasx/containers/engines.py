@@ -1,4 +1,6 @@
-"""Per-function containers: validate a container spec and build the command that starts a worker in it.
+"""Container engines: validate a container spec and build the command that starts a worker in it.
+
+(``faasx.containers.engines``; everything here is re-exported as ``faasx.containers.*``.)
 
 funcX let each registered function name a container; a manager then starts workers *inside* that
 container and routes the function's tasks only to them.  This module is the part of that which knows
