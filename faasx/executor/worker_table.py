@@ -14,12 +14,15 @@ Container workers (``docs/containers.md``): a task whose spec names a container 
 the routing key) waits in its key's own queue and runs only on a worker of that key; plain tasks run
 only on plain workers.  ``plan()`` decides which workers to start and which idle ones to stop so that
 queued tasks get a worker of their kind within the node's worker count and its cap on container types.
+
+``validate()`` asserts the invariants the rest relies on (every task in exactly one place, counts that
+add up); the unit tests run it after every step.  Owned by the manager's one thread.
 """
 from __future__ import annotations
 
 from collections import deque
 from math import ceil
-from typing import Container, Deque, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Container, Deque, Dict, List, Optional, Set, Tuple
 
 BATCH_WINDOW = 0.004      # seconds of work handed to one worker at once
 PREFETCH_WINDOW = 0.02    # seconds of work per worker the manager keeps queued locally
@@ -212,6 +215,39 @@ class WorkerTable:
         per_worker = min(MAX_PREFETCH_PER_WORKER, int(PREFETCH_WINDOW / max(avg, 1e-7)))
         return workers * per_worker
 
+    # ---- invariants ----------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Assert the bookkeeping invariants (the unit tests call this after every step, as Dask's
+        ``WorkerState.validate_state``):
+
+        * every task is in exactly one place: the plain queue, its key's queue, or one worker's slot;
+        * a plain task is only in the plain queue or on a plain worker, a container task only in its
+          key's queue or on a worker of its key;
+        * only ready workers hold tasks, each under its own id, and a slot knows its own worker id;
+        * ``held()`` and ``all_tids()`` count exactly those tasks.
+        """
+        where: Dict[int, str] = {}
+
+        def place(task: Task, here: str, key: Optional[str]) -> None:
+            assert task[0] not in where, f"task {task[0]} is both in {where[task[0]]} and in {here}"
+            assert task_container(task) == key, f"task {task[0]} of key {task_container(task)!r} is in {here}"
+            where[task[0]] = here
+
+        for task in self.queue:
+            place(task, "the plain queue", None)
+        for key, q in self.cqueues.items():
+            for task in q:
+                place(task, f"the queue of {key}", key)
+        for wid, slot in self.slots.items():
+            assert slot.wid == wid, f"slot of worker {slot.wid} filed under {wid}"
+            assert slot.ready or not slot.tasks, f"worker {wid} holds tasks before it is ready"
+            for tid, task in slot.tasks.items():
+                assert task[0] == tid, f"worker {wid} holds task {task[0]} under id {tid}"
+                place(task, f"worker {wid}", slot.container)
+        assert self.held() == len(where), f"held() is {self.held()}, {len(where)} tasks are here"
+        assert sorted(self.all_tids()) == sorted(where), "all_tids() does not list the tasks held"
+        assert self.avg_task_seconds is None or self.avg_task_seconds >= 0
+
     # ---- which workers to run ------------------------------------------------------------------
     def plan(self, n_workers: int, max_types: int,
              blocked: Container[Optional[str]] = ()) -> Tuple[List[Optional[str]], List[int]]:
@@ -223,93 +259,117 @@ class WorkerTable:
 
         * Work already covered is left alone: a key's idle and starting workers count against its
           queue, and when its workers are busy with tasks that will be done sooner than a new worker
-          could start (measured start time vs. the average task time), no worker is added.
+          could start (measured start time vs. the average task time), no worker is added (``_need``).
         * A key never seen to start on this node (no worker of it became ready yet) gets one worker at a
-          time: a broken image costs one failed start, not one per queued task.
+          time: a broken image costs one failed start, not one per queued task (``_need``).
         * Never more than ``n_workers`` workers; never more than ``max_types`` distinct container keys.
         * When the node is full, an idle worker whose kind has nothing queued (plain ones included) is
-          stopped to make room, least recently used first; to admit a new container key over the cap,
-          every worker of an idle, unneeded key is stopped.
+          stopped to make room, least recently used first (``_Plan.evict_one``); to admit a new
+          container key over the cap, every worker of an idle, unneeded key is stopped
+          (``_Plan.retire_idle_type``).
         * Keys in ``blocked`` (e.g. their container failed to start moments ago) are not started.
         """
-        queues: Dict[Optional[str], int] = {None: len(self.queue)} if self.queue else {}
-        for key, q in self.cqueues.items():
-            if q:
-                queues[key] = len(q)
+        queues = self._queue_lengths()
         if not queues:
             return [], []
         by_key: Dict[Optional[str], List[WorkerSlot]] = {}
         for s in self.slots.values():
             by_key.setdefault(s.container, []).append(s)
-        avg = self.avg_task_seconds
         demand: List[Tuple[Optional[str], int]] = []
         for key, n_queued in queues.items():
-            if key in blocked:
-                continue
-            mine = by_key.get(key, [])
-            starting = sum(1 for s in mine if not s.ready)
-            idle = sum(1 for s in mine if s.idle)
-            need = n_queued - starting - idle
-            if need <= 0:
-                continue
-            if key is not None and key not in self.proven:
-                need = 0 if starting else 1
-            elif mine and avg is not None:
-                start = self.start_seconds.get(key, DEFAULT_START_SECONDS.get(key, DEFAULT_CONTAINER_START_SECONDS))
-                busy = sum(1 for s in mine if s.ready and s.tasks)
-                # the queue drains on the busy workers before a new one would be up
-                if busy and n_queued * avg / busy < start:
-                    need = 0
+            need = 0 if key in blocked else self._need(key, n_queued, by_key.get(key, []))
             if need > 0:
                 demand.append((key, need))
         if not demand:
             return [], []
-
-        to_start: List[Optional[str]] = []
-        to_stop: List[int] = []
-        stopped: Set[int] = set()
-        free = n_workers - len(self.slots)
-        types = {k for k in by_key if k is not None}
-
-        def evictable(exclude: Optional[str]) -> List[WorkerSlot]:
-            return sorted((s for s in self.slots.values()
-                           if s.idle and s.wid not in stopped and s.container != exclude
-                           and s.container not in queues),
-                          key=lambda s: s.last_used)
-
+        plan = _Plan(self.slots, n_workers, max_types, by_key, queues)
         for key, need in demand:
-            if key is not None and key not in types and len(types) >= max_types:
-                # admit a new container type: retire a whole type that is idle and has nothing queued
-                victim = None
-                for k in sorted((k for k in types if k in by_key),
-                                key=lambda k: max(s.last_used for s in by_key[k])):
-                    live = [s for s in by_key[k] if s.wid not in stopped]
-                    if k not in queues and all(s.idle for s in live):
-                        victim = k
-                        break
-                if victim is None:
-                    continue
-                for s in by_key[victim]:
-                    if s.wid not in stopped:
-                        stopped.add(s.wid)
-                        to_stop.append(s.wid)
-                        free += 1
-                types.discard(victim)
-            while need > 0:
-                if free <= 0:
-                    candidates = evictable(key)
-                    if not candidates:
-                        break
-                    victim_slot = candidates[0]
-                    stopped.add(victim_slot.wid)
-                    to_stop.append(victim_slot.wid)
-                    free += 1
-                    if victim_slot.container is not None and all(
-                            s.wid in stopped for s in by_key[victim_slot.container]):
-                        types.discard(victim_slot.container)
-                to_start.append(key)
-                free -= 1
-                need -= 1
-                if key is not None:
-                    types.add(key)
-        return to_start, to_stop
+            plan.serve(key, need)
+        return plan.to_start, plan.to_stop
+
+    def _queue_lengths(self) -> Dict[Optional[str], int]:
+        """Queued tasks per key (None: plain), only keys with some."""
+        queues: Dict[Optional[str], int] = {None: len(self.queue)} if self.queue else {}
+        for key, q in self.cqueues.items():
+            if q:
+                queues[key] = len(q)
+        return queues
+
+    def _need(self, key: Optional[str], n_queued: int, mine: List[WorkerSlot]) -> int:
+        """How many more workers of ``key`` its ``n_queued`` tasks call for, given its workers ``mine``."""
+        starting = sum(1 for s in mine if not s.ready)
+        need = n_queued - starting - sum(1 for s in mine if s.idle)
+        if need <= 0:
+            return 0
+        if key is not None and key not in self.proven:
+            return 0 if starting else 1
+        if mine and self.avg_task_seconds is not None and self._drains_before_start(key, n_queued, mine):
+            return 0
+        return need
+
+    def _drains_before_start(self, key: Optional[str], n_queued: int, mine: List[WorkerSlot]) -> bool:
+        """Whether the queue drains on the busy workers before a new one would be up."""
+        start = self.start_seconds.get(key, DEFAULT_START_SECONDS.get(key, DEFAULT_CONTAINER_START_SECONDS))
+        busy = sum(1 for s in mine if s.ready and s.tasks)
+        return bool(busy) and n_queued * self.avg_task_seconds / busy < start
+
+
+class _Plan:
+    """The working state of one ``WorkerTable.plan`` call: free slots, container types running, what is
+    to be started and stopped.  Stopped workers stay in ``slots`` (the table is not changed) and are
+    skipped through ``stopped``."""
+
+    def __init__(self, slots: Dict[int, WorkerSlot], n_workers: int, max_types: int,
+                 by_key: Dict[Optional[str], List[WorkerSlot]], queues: Dict[Optional[str], int]):
+        self.slots = slots
+        self.max_types = max_types
+        self.by_key = by_key
+        self.queues = queues
+        self.free = n_workers - len(slots)
+        self.types = {k for k in by_key if k is not None}
+        self.stopped: Set[int] = set()
+        self.to_start: List[Optional[str]] = []
+        self.to_stop: List[int] = []
+
+    def serve(self, key: Optional[str], need: int) -> None:
+        """Start up to ``need`` workers of ``key``, making room where the rules allow."""
+        if key is not None and key not in self.types and len(self.types) >= self.max_types \
+                and not self.retire_idle_type():
+            return
+        while need > 0 and (self.free > 0 or self.evict_one(key)):
+            self.to_start.append(key)
+            self.free -= 1
+            need -= 1
+            if key is not None:
+                self.types.add(key)
+
+    def stop(self, slot: WorkerSlot) -> None:
+        self.stopped.add(slot.wid)
+        self.to_stop.append(slot.wid)
+        self.free += 1
+
+    def retire_idle_type(self) -> bool:
+        """Admit a new container type over the cap: stop every worker of the least recently used type
+        that is idle and has nothing queued.  False if there is none."""
+        for k in sorted((k for k in self.types if k in self.by_key),
+                        key=lambda k: max(s.last_used for s in self.by_key[k])):
+            live = [s for s in self.by_key[k] if s.wid not in self.stopped]
+            if k not in self.queues and all(s.idle for s in live):
+                for s in live:
+                    self.stop(s)
+                self.types.discard(k)
+                return True
+        return False
+
+    def evict_one(self, key: Optional[str]) -> bool:
+        """Make room on a full node: stop the least recently used idle worker of another kind that has
+        nothing queued.  False if there is none."""
+        candidates = [s for s in self.slots.values() if s.idle and s.wid not in self.stopped
+                      and s.container != key and s.container not in self.queues]
+        if not candidates:
+            return False
+        victim = min(candidates, key=lambda s: s.last_used)
+        self.stop(victim)
+        if victim.container is not None and all(s.wid in self.stopped for s in self.by_key[victim.container]):
+            self.types.discard(victim.container)
+        return True

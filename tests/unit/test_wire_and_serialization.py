@@ -1,4 +1,4 @@
-"""The wire protocol, serialization, and the manager's worker bookkeeping."""
+"""The wire protocol and serialization (the manager's worker bookkeeping: tests/unit/test_worker_table.py)."""
 import pickle
 import threading
 
@@ -9,7 +9,6 @@ from faasx.errors import RemoteExceptionError, SerializationError
 from faasx.executor import protocol as P
 from faasx.executor.serialization import (deserialize, deserialize_exception, deserialize_function, serialize,
                                           serialize_exception, serialize_function)
-from faasx.executor.worker_table import WorkerTable
 
 FID = b"x" * 16
 
@@ -125,59 +124,6 @@ def test_unpicklable_exception_arrives_as_remote_exception_error():
     exc = deserialize_exception(payload)
     assert isinstance(exc, RemoteExceptionError)
     assert "Weird" in exc.remote_type and "weird" in str(exc)
-
-
-# ---- worker table -----------------------------------------------------------------------------
-def task(i):
-    return (i, FID, 0, None, b"")
-
-
-def test_unknown_duration_hands_out_one_task_per_worker():
-    t = WorkerTable()
-    for w in range(2):
-        t.add(w)
-        t.mark_ready(w)
-    t.enqueue([task(i) for i in range(10)])
-    out = t.assign(0.0)
-    assert [len(b) for _, b in out] == [1, 1]
-    assert t.assign(0.0) == []               # both busy
-
-
-def test_short_tasks_get_batched_and_long_tasks_do_not():
-    t = WorkerTable()
-    t.add(0)
-    t.mark_ready(0)
-    t.enqueue([task(i) for i in range(1000)])
-    (slot, batch), = t.assign(0.0)
-    t.done(0, [batch[0][0]], 0.00002)         # 20 us per task
-    (slot, batch), = t.assign(1.0)
-    assert len(batch) > 50
-    assert t.prefetch() > 100
-    t2 = WorkerTable()
-    t2.add(0)
-    t2.mark_ready(0)
-    t2.enqueue([task(i) for i in range(10)])
-    (_, b), = t2.assign(0.0)
-    t2.done(0, [b[0][0]], 0.5)                # half a second per task
-    (_, b), = t2.assign(1.0)
-    assert len(b) == 1 and t2.prefetch() == 0
-
-
-def test_dead_worker_returns_its_tasks():
-    t = WorkerTable()
-    t.add(0)
-    t.mark_ready(0)
-    t.enqueue([task(1)])
-    t.assign(0.0)
-    assert [x[0] for x in t.remove(0)] == [1]
-    assert t.held() == 0
-
-
-def test_fixed_prefetch_capacity_is_respected():
-    t = WorkerTable(prefetch_capacity=3)
-    t.add(0)
-    t.done(0, [1], 1.0)
-    assert t.prefetch() == 3
 
 
 @pytest.mark.parametrize("bad_type", [[1], {"a": 1}, "TASKS", True, 4.0, None])
