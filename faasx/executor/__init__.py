@@ -40,13 +40,14 @@ Moving parts, one module each:
 ``affinity``       ``engine_cpu``: one CPU per host for the engine's own threads.
 ``scheduling``     ``Scheduler``: the interchange's pure decision core (queues, managers, ownership).
 ``interchange``    the process around the scheduler: the client link, the managers' ROUTER socket, heartbeats, expiry.
-``worker_table``   ``WorkerTable``: the manager's pure worker bookkeeping and adaptive batching.
-``manager``        the per-node process: registration, workers, heartbeats, drain.
-``container_workers`` the manager's per-function container workers (start on demand, keep warm, retire).
+``worker_table``   ``WorkerTable``: the manager's pure worker bookkeeping, adaptive batching, which workers to run.
+``worker_processes`` ``WorkerProcesses``: the manager's worker processes and their socketpair channels.
+``manager``        the per-node process: its event loop, registration, workers, heartbeats, drain.
+                   Per-function container workers: ``faasx.containers.workers`` (the container package).
 ``channel``        the links within a host: framed messages over an inherited socketpair, non-blocking sends.
 ``sockets``        hot-path ZeroMQ send and drain.
 ``memo``           memoization keys and the (optionally SQLite-backed) result store.
-``worker``         the process that runs functions.
+``worker``         the process that runs functions (and a task's cores/memory limits).
 ``security``       CurveZMQ keys and the ZAP allow-list for the manager port.
 ``registry``       registered functions (submit by id).
 ``control``        the run's control endpoint (a private Unix socket) that ``faasx status`` asks.

@@ -118,39 +118,52 @@ class Worker:
         self.chan.send(frames)
 
     def run(self, manager_pid: int) -> None:
-        chan = self.chan
+        """Say READY, then handle the manager's messages until it says SHUTDOWN or is gone."""
         poller = select.poll()
-        poller.register(chan.fileno(), select.POLLIN)
+        poller.register(self.chan.fileno(), select.POLLIN)
         self.send(P.pack(P.READY, {"worker_id": self.worker_id, "pid": os.getpid(), "versions": P.versions()}))
-        while True:
-            if not chan.buffered() and not poller.poll(1000):
-                if manager_pid and os.getppid() != manager_pid:
-                    logger.warning("worker %d: manager %d is gone; exiting", self.worker_id, manager_pid)
-                    return
-                continue
-            try:
-                frames = chan.recv()
-            except ChannelClosed:
-                logger.info("worker %d: the manager closed the channel; exiting", self.worker_id)
+        while self.manager_alive(poller, manager_pid):
+            frames = self.receive()
+            if frames is None or not self.handle(frames):
                 return
-            except ChannelError as e:
-                logger.error("worker %d: corrupt stream from the manager (%s); exiting", self.worker_id, e)
-                return
-            try:
-                msg_type, body, payloads = P.unpack(frames)
-                if msg_type == P.TASKS:
-                    self.run_batch(P.check_tasks(body, payloads), payloads)
-                elif msg_type == P.FUNCS:
-                    for fid, code in zip(P.check_funcs(body, payloads), payloads):
-                        self.codes[fid] = code
-                elif msg_type == P.SHUTDOWN:
-                    logger.info("worker %d: shutdown requested", self.worker_id)
-                    return
-                else:
-                    raise P.ProtocolError(f"unexpected {P.TYPE_NAMES[msg_type]} message")
-            except P.ProtocolError as e:
-                self.malformed += 1
-                logger.error("worker %d: dropped malformed message from manager: %s", self.worker_id, e)
+
+    def manager_alive(self, poller, manager_pid: int) -> bool:
+        """Wait (a second at a time) for a message; False once the manager process is gone.  In a container
+        (``manager_pid`` 0) the channel's end of file says so instead."""
+        while not self.chan.buffered() and not poller.poll(1000):
+            if manager_pid and os.getppid() != manager_pid:
+                logger.warning("worker %d: manager %d is gone; exiting", self.worker_id, manager_pid)
+                return False
+        return True
+
+    def receive(self) -> Optional[list]:
+        """The next message, or None when the channel is closed or corrupt."""
+        try:
+            return self.chan.recv()
+        except ChannelClosed:
+            logger.info("worker %d: the manager closed the channel; exiting", self.worker_id)
+        except ChannelError as e:
+            logger.error("worker %d: corrupt stream from the manager (%s); exiting", self.worker_id, e)
+        return None
+
+    def handle(self, frames) -> bool:
+        """One message from the manager; False when it asks this worker to exit."""
+        try:
+            msg_type, body, payloads = P.unpack(frames)
+            if msg_type == P.TASKS:
+                self.run_batch(P.check_tasks(body, payloads), payloads)
+            elif msg_type == P.FUNCS:
+                for fid, code in zip(P.check_funcs(body, payloads), payloads):
+                    self.codes[fid] = code
+            elif msg_type == P.SHUTDOWN:
+                logger.info("worker %d: shutdown requested", self.worker_id)
+                return False
+            else:
+                raise P.ProtocolError(f"unexpected {P.TYPE_NAMES[msg_type]} message")
+        except P.ProtocolError as e:
+            self.malformed += 1
+            logger.error("worker %d: dropped malformed message from manager: %s", self.worker_id, e)
+        return True
 
     def run_batch(self, records: List[list], payloads) -> None:
         flusher = self.flusher
@@ -215,27 +228,12 @@ def task_limits(spec: dict):
     address space may grow by at most that much, so an allocation beyond it raises MemoryError in
     the function instead of the node running out of memory.
     """
-    restore = []
+    restore: List[Callable[[], object]] = []
     try:
-        cores = spec.get("cores")
-        if cores and hasattr(os, "sched_setaffinity"):
-            allowed = sorted(os.sched_getaffinity(0))
-            os.sched_setaffinity(0, allowed[:max(1, int(cores))])
-            restore.append(lambda: os.sched_setaffinity(0, allowed))
-            saved = {v: os.environ.get(v) for v in THREAD_VARS}
-            os.environ.update({v: str(max(1, int(cores))) for v in THREAD_VARS})
-            restore.append(lambda: [os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-                                    for k, v in saved.items()])
-        memory = spec.get("memory")
-        if memory:
-            soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-            with open("/proc/self/statm") as f:
-                vm_bytes = int(f.read().split()[0]) * resource.getpagesize()
-            limit = vm_bytes + int(memory) * 2**20
-            if hard != resource.RLIM_INFINITY:
-                limit = min(limit, hard)
-            resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-            restore.append(lambda: resource.setrlimit(resource.RLIMIT_AS, (soft, hard)))
+        if spec.get("cores") and hasattr(os, "sched_setaffinity"):
+            _limit_cores(max(1, int(spec["cores"])), restore)
+        if spec.get("memory"):
+            _limit_memory(int(spec["memory"]), restore)
         yield
     finally:
         for undo in reversed(restore):
@@ -243,6 +241,29 @@ def task_limits(spec: dict):
                 undo()
             except (OSError, ValueError) as e:
                 logger.error("could not restore the worker after a task's resource limits: %s", e)
+
+
+def _limit_cores(cores: int, restore: list) -> None:
+    """The first ``cores`` of the worker's CPUs, and the thread-count variables set to match."""
+    allowed = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, allowed[:cores])
+    restore.append(lambda: os.sched_setaffinity(0, allowed))
+    saved = {v: os.environ.get(v) for v in THREAD_VARS}
+    os.environ.update({v: str(cores) for v in THREAD_VARS})
+    restore.append(lambda: [os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+                            for k, v in saved.items()])
+
+
+def _limit_memory(megabytes: int, restore: list) -> None:
+    """RLIMIT_AS at the worker's current size plus ``megabytes`` (within the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as f:
+        vm_bytes = int(f.read().split()[0]) * resource.getpagesize()
+    limit = vm_bytes + megabytes * 2**20
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    restore.append(lambda: resource.setrlimit(resource.RLIMIT_AS, (soft, hard)))
 
 
 def main(argv=None) -> int:
