@@ -83,6 +83,19 @@ class InterchangeLost(SystemFailure):
     """The interchange process died or stopped answering; pending tasks cannot complete."""
 
 
+class TaskTimeout(FaaSXError):
+    """The task ran longer than its ``walltime`` (resource specification, or ``Executor.options``);
+    its worker's process group (children included) was killed.  A limit the user set: never retried."""
+
+    def __init__(self, message: str, task_id: Optional[int] = None, walltime: Optional[float] = None):
+        self.task_id = task_id
+        self.walltime = walltime
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.task_id, self.walltime))
+
+
 class ExecutorShutdown(FaaSXError, RuntimeError):
     """The executor was shut down before the task finished, or a task was submitted after shutdown."""
 

@@ -38,11 +38,11 @@ import threading
 import time
 import weakref
 from collections import deque
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import CancelledError, Future, InvalidStateError
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from faasx.errors import (ExecutorShutdown, FaaSXError, InterchangeLost, ManagerLost, SerializationError,
-                          VersionMismatch, WorkerLost)
+                          TaskTimeout, VersionMismatch, WorkerLost)
 from faasx.executor import affinity
 from faasx.executor import protocol as P
 from faasx.executor.channel import Channel, ChannelClosed, ChannelError
@@ -163,6 +163,10 @@ def _check_spec(spec: dict) -> None:
 
 def _failure_exception(status: int, payload: bytes, tid: int) -> BaseException:
     kind, message, attempts = P.parse_failure(payload)
+    if kind == "TaskTimeout":
+        return TaskTimeout(message, tid)
+    if kind == "Terminated":
+        return CancelledError(message)
     if status == P.WORKER_LOST:
         return WorkerLost(message, tid, attempts)
     if status == P.MANAGER_LOST:
@@ -206,6 +210,7 @@ class EngineClient:
         self._tasks_out: Deque[P.Task] = deque()
         self._funcs_out: Deque[Tuple[bytes, bytes]] = deque()
         self._cancel_out: Deque[int] = deque()
+        self._terminate_out: Deque[int] = deque()
         self._cmds_out: Deque[Tuple[int, str, Any, Future]] = deque()
         self._cmd_ids = itertools.count(1)
         self._cmd_futures: Dict[int, Future] = {}
@@ -387,6 +392,17 @@ class EngineClient:
         self._cancel_out.append(tid)
         self._wake()
 
+    def terminate(self, fut: TaskFuture) -> bool:
+        """Stop the task even if a worker runs it: a task not yet running is cancelled as usual; the
+        manager of one at a worker kills that worker's process group and the future fails with
+        ``CancelledError``.  False if the future is done already."""
+        if fut.done():
+            return False
+        fut.cancel()
+        self._terminate_out.append(fut.parsl_executor_task_id)
+        self._wake()
+        return True
+
     def request(self, name: str, args: Any = None, timeout: float = 10.0) -> Any:
         """Ask the interchange something (managers, blocks, stats ...); waits up to ``timeout``."""
         if self._fatal is not None:
@@ -425,7 +441,8 @@ class EngineClient:
             if link.wants_write() != writing:
                 writing = not writing
                 poller.modify(lfd, select.POLLIN | select.POLLOUT if writing else select.POLLIN)
-            sendable = (self._tasks_out and self._in_flight < self.window) or self._cancel_out or self._cmds_out
+            sendable = (self._tasks_out and self._in_flight < self.window) or self._cancel_out \
+                or self._terminate_out or self._cmds_out
             timeout = 0 if sendable or self._closing else int(min(IC_CHECK_PERIOD, self.heartbeat_period) * 1000)
             events = dict(poller.poll(timeout))
             self._sleeping = False
@@ -563,6 +580,9 @@ class EngineClient:
         cancel_out = self._cancel_out
         if cancel_out:
             link.send_nowait(P.pack_cancel([cancel_out.popleft() for _ in range(len(cancel_out))]))
+        terminate_out = self._terminate_out
+        if terminate_out:
+            link.send_nowait(P.pack_terminate([terminate_out.popleft() for _ in range(len(terminate_out))]))
 
     def _send_commands(self, link: Channel) -> None:
         while self._cmds_out:

@@ -69,6 +69,7 @@ class Interchange:
         self.started: List[int] = []         # STARTED task ids for the client, sent with the results
         self._client_handlers = {P.TASKS: self._on_client_tasks, P.FUNCS: self._on_client_funcs,
                                  P.HEARTBEAT: self._on_client_heartbeat, P.CANCEL: self._on_client_cancel,
+                                 P.TERMINATE: self._on_client_terminate,
                                  P.COMMAND: self._on_client_command, P.SHUTDOWN: self._on_client_shutdown}
         self._manager_handlers = {P.RESULTS: self._on_manager_results, P.HEARTBEAT: self._on_manager_heartbeat,
                                   P.DRAIN: self._on_manager_drain, P.BYE: self._on_manager_bye,
@@ -174,6 +175,13 @@ class Interchange:
         # the others are at managers: each drops those no worker has taken yet (and answers them)
         for mid, held in self.scheduler.owners(tids).items():
             self._send_manager(mid, P.pack_cancel(held))
+
+    def _on_client_terminate(self, body, payloads, now: float) -> None:
+        tids = P.parse_terminate(body)
+        for tid in self.scheduler.cancel(tids):      # still queued here: it never runs
+            self._fail(tid, "Terminated", f"task {tid} was terminated at the user's request", 0)
+        for mid, held in self.scheduler.owners(tids).items():
+            self._send_manager(mid, P.pack_terminate(held))
 
     def _on_client_command(self, body, payloads, now: float) -> None:
         cmd = P.parse_command(body)

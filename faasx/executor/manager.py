@@ -12,7 +12,8 @@ and everything it composes belong to the thread that runs ``Manager.run``.
                         messages (on_tasks, on_funcs, on_hold, on_shutdown) and the workers' (on_results,
                         on_ready); a broken channel is worker_gone()
     periodic_checks     every WORKER_CHECK_PERIOD: check_workers (exits, corrupt channels, containers not
-                        ready in time), and the walltime drain
+                        ready in time), tasks past their own walltime (enforce_walltimes), and the
+                        block's walltime drain
     dispatch_to_workers WorkerTable.assign -> FUNCS the worker lacks + one TASKS message per batch
     rebalance_workers   WorkerTable.plan -> start / retire workers so queued tasks get one of their kind
     flush_results       the pass's ResultBatch as one RESULTS message (tasks the client cancelled
@@ -157,6 +158,8 @@ class Manager:
         self.unreported: Dict[int, None] = {}
         self.unreported_since: Optional[float] = None
         self.withdrawn: List[int] = []
+        # tasks with a walltime at a worker: tid -> (deadline, worker id, walltime)
+        self.deadlines: Dict[int, tuple] = {}
         self.malformed = 0
         self.start_time = time.time()
         self.drain_at = self._drain_deadline()
@@ -177,7 +180,7 @@ class Manager:
                                            worker_cpus=self.worker_cpus)
         self.ic_handlers = {P.TASKS: self.on_tasks, P.FUNCS: self.on_funcs, P.HEARTBEAT: self.on_heartbeat,
                             P.HOLD: self.on_hold, P.SHUTDOWN: self.on_shutdown, P.REFUSED: self.on_shutdown,
-                            P.CANCEL: self.on_cancel}
+                            P.CANCEL: self.on_cancel, P.TERMINATE: self.on_terminate}
 
     def _pin(self, original) -> tuple:
         """engine_cpu: this thread and libzmq's threads (started with the first socket) share one CPU
@@ -491,6 +494,8 @@ class Manager:
             return
         self.last_check = now
         self.check_workers()
+        if self.deadlines:
+            self.enforce_walltimes(now)
         if time.time() >= self.drain_at and not self.draining:
             self.start_drain("the block's walltime is nearly over" if os.environ.get("FAASX_WALLTIME_END")
                              else f"drain_period of {self.args.drain_period}s reached")
@@ -585,6 +590,42 @@ class Manager:
         """The client cancelled these tasks: those still queued here never run (``answer_withdrawn``)."""
         self.withdrawn.extend(t[0] for t in self.table.withdraw(set(P.parse_cancel(body))))
 
+    def on_terminate(self, body, payloads) -> None:
+        """The user asked to stop these tasks (``Executor.terminate``), running or not."""
+        tids = set(P.parse_terminate(body))
+        message = "task {} was terminated at the user's request"
+        for task in self.table.withdraw(tids):
+            self.out.add(task[0], P.FAILED, P.failure_payload("Terminated", message.format(task[0]), 0))
+        for slot in list(self.table.slots.values()):
+            for tid in tids.intersection(slot.tasks):
+                self.stop_task(tid, slot.wid, "Terminated", message.format(tid) + f" (worker {slot.wid} on "
+                               f"{self.hostname} and its child processes were killed)")
+
+    def enforce_walltimes(self, now: float) -> None:
+        """Stop every task that has run past its walltime (``TaskTimeout``; never retried)."""
+        for tid, (deadline, wid, walltime) in list(self.deadlines.items()):
+            slot = self.table.slots.get(wid)
+            if slot is None or tid not in slot.tasks:     # finished, or its worker is gone already
+                del self.deadlines[tid]
+            elif now >= deadline:
+                self.stop_task(tid, wid, "TaskTimeout", f"task {tid} ran longer than its walltime of {walltime}s; "
+                               f"worker {wid} on {self.hostname} and its child processes were killed")
+
+    def stop_task(self, tid: int, wid: int, kind: str, message: str) -> None:
+        """Kill the worker running ``tid`` with its whole process group (the function's children too),
+        answer ``tid`` with a FAILED result of ``kind`` and replace the worker; its other tasks, if any,
+        are reported lost as for any dead worker (and re-dispatched)."""
+        slot = self.table.slots.get(wid)
+        if slot is None or slot.tasks.pop(tid, None) is None:
+            return
+        self.deadlines.pop(tid, None)
+        logger.warning("%s: stopping worker %d", message, wid)
+        self.out.add(tid, P.FAILED, P.failure_payload(kind, message, 0))
+        proc = self.pool.procs.get(wid)
+        if proc is not None:
+            self.pool.kill(proc)
+        self.worker_gone(wid, f"was stopped ({kind})")
+
     def on_heartbeat(self, body, payloads) -> None:
         """Nothing to do: any message counts as the interchange being alive (``serve_sockets``)."""
 
@@ -618,6 +659,9 @@ class Manager:
             recs, data = self._drop_stray(wid, recs, data, held)
         self.table.done(wid, [r[0] for r in recs], now)
         self.out.extend(recs, data)
+        if self.deadlines:
+            for r in recs:
+                self.deadlines.pop(r[0], None)
 
     def _drop_stray(self, wid: int, recs: list, data, held) -> tuple:
         """Only the worker running a task may report it (a function can write on its worker's socket: it
@@ -656,6 +700,8 @@ class Manager:
         unreported = self.unreported
         for t in batch:
             unreported[t[0]] = None
+            if t[3] and "walltime" in t[3]:
+                self.deadlines[t[0]] = (now + float(t[3]["walltime"]), slot.wid, t[3]["walltime"])
         if self.unreported_since is None:
             self.unreported_since = now
         if self.args.debug:

@@ -31,7 +31,7 @@ from faasx.executor.serialization import deserialize, serialize
 logger = logging.getLogger("faasx.executor")
 
 # Keys a task's resource specification may carry (Parsl's parsl_resource_specification).
-ACCEPTED_RESOURCE_KEYS = frozenset({"priority", "gpus", "cores", "memory", "container", "memoize"})
+ACCEPTED_RESOURCE_KEYS = frozenset({"priority", "gpus", "cores", "memory", "container", "memoize", "walltime"})
 LOOPBACK = ("127.", "::1", "localhost")
 
 
@@ -390,6 +390,11 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
                                           or value < 0):
                     raise InvalidResourceSpecification(
                         {key}, ACCEPTED_RESOURCE_KEYS) from ValueError(f"{key} must be a number >= 0, got {value!r}")
+            walltime = resource_specification.get("walltime")
+            if walltime is not None and (isinstance(walltime, bool) or not isinstance(walltime, (int, float))
+                                         or not walltime > 0):
+                raise InvalidResourceSpecification({"walltime"}, ACCEPTED_RESOURCE_KEYS) from ValueError(
+                    f"walltime must be a number of seconds > 0, got {walltime!r}")
             priority = resource_specification.get("priority")
             if priority is not None and (isinstance(priority, bool) or not isinstance(priority, (int, float))):
                 raise InvalidResourceSpecification({"priority"}, ACCEPTED_RESOURCE_KEYS) from ValueError(
@@ -451,7 +456,7 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
     @staticmethod
     def _routing_spec(resource_specification: dict) -> Optional[dict]:
         spec = {k: v for k, v in resource_specification.items()
-                if k in ("priority", "gpus", "cores", "memory")}
+                if k in ("priority", "gpus", "cores", "memory", "walltime")}
         container = resource_specification.get("container")
         if container is not None:
             # per call, as for register_function(container=...): route on the key, ship the spec

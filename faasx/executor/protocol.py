@@ -87,6 +87,8 @@ CANCEL      client -> ic,         [tid, ...]
             ic -> mgr
 STARTED     mgr -> ic,            [tid, ...]: tasks a worker has taken
             ic -> client
+TERMINATE   client -> ic,         [tid, ...]: stop these tasks, running or not
+            ic -> mgr
 COMMAND     client -> ic          [req_id, name, args]; req_id >= 1
 REPLY       ic -> client          [req_id, result]; req_id 0: [0, [tid, ...]] confirms a CANCEL
 EVENT       ic -> client          {kind: "registered", manager, block_id, workers}
@@ -173,6 +175,14 @@ Interchange and manager (``Interchange.handle_manager``, ``Manager``):
   for tasks still unanswered ``STARTED_DELAY`` after it handed out the oldest of them (a result
   implies it), so short tasks cost no message; the interchange forwards those it still records as
   owned by that manager to the client.
+* TERMINATE ``[tid, ...]``: the user asked to stop these tasks even if running.  The interchange
+  fails those still queued there at once (a FAILED result of kind ``Terminated``) and forwards the
+  others to their managers.  A manager answers each with such a result: one still queued is
+  dropped; for one at a worker it MUST kill that worker's whole process group (the function's
+  children too) and start a replacement, reporting the worker's other tasks WORKER_LOST.
+* A task whose spec has ``walltime`` (seconds) is handed to a worker alone; if it has not finished
+  ``walltime`` seconds after that, the manager kills the worker's process group as for TERMINATE and
+  answers it with a FAILED result of kind ``TaskTimeout`` (a limit the user set, never retried).
 * BYE: the manager is exiting.  ``lost`` lists the tasks it still held, for the log; the interchange
   MUST NOT rely on it, and requeues every task its own ownership record gives that manager.
 * SHUTDOWN: the manager MUST stop its workers and exit (it says BYE first).
@@ -223,12 +233,13 @@ READY = 16
 SHUTDOWN = 17
 BYE = 18
 STARTED = 19
+TERMINATE = 20
 
 TYPE_NAMES: Dict[int, str] = {
     HELLO: "HELLO", WELCOME: "WELCOME", FUNCS: "FUNCS", TASKS: "TASKS", RESULTS: "RESULTS",
     CANCEL: "CANCEL", COMMAND: "COMMAND", REPLY: "REPLY", EVENT: "EVENT", REGISTER: "REGISTER",
     REGISTERED: "REGISTERED", REFUSED: "REFUSED", HEARTBEAT: "HEARTBEAT", DRAIN: "DRAIN", HOLD: "HOLD",
-    READY: "READY", SHUTDOWN: "SHUTDOWN", BYE: "BYE", STARTED: "STARTED",
+    READY: "READY", SHUTDOWN: "SHUTDOWN", BYE: "BYE", STARTED: "STARTED", TERMINATE: "TERMINATE",
 }
 
 # result statuses
@@ -496,6 +507,16 @@ def pack_started(tids: Sequence[int]) -> List[bytes]:
 def parse_started(body: Any) -> List[int]:
     if not isinstance(body, list):
         raise ProtocolError("STARTED body must be a list of task ids")
+    return [t for t in body if type(t) is int]
+
+
+def pack_terminate(tids: Sequence[int]) -> List[bytes]:
+    return pack(TERMINATE, list(tids))
+
+
+def parse_terminate(body: Any) -> List[int]:
+    if not isinstance(body, list):
+        raise ProtocolError("TERMINATE body must be a list of task ids")
     return [t for t in body if type(t) is int]
 
 

@@ -115,6 +115,24 @@ class Executor(concurrent.futures.Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
         return self.executor.submit(fn, None, *args, **kwargs)
 
+    def options(self, **resources: Any) -> "TaskOptions":
+        """Per-task resources for the calls made through the returned object, without taking any of
+        the function's own keyword arguments: ``ex.options(walltime=60).submit(fn, x)``.  Keys as in
+        a resource specification: ``walltime`` (seconds; past it the task's worker and its children
+        are killed and the future fails with ``faasx.errors.TaskTimeout``), ``priority``, ``cores``,
+        ``memory``, ``gpus``, ``container``, ``memoize``.  Checked here, at once."""
+        self.executor.validate_resource_spec(resources)
+        return TaskOptions(self, resources)
+
+    def terminate(self, future: Future) -> bool:
+        """Stop a task even while it runs (``cancel()`` keeps the stdlib contract and does not): its
+        worker's whole process group is killed, the worker replaced, and the future fails with
+        ``CancelledError``.  A task not yet running is simply cancelled.  False if it is done already."""
+        client = self.executor._client
+        if client is None or not hasattr(future, "parsl_executor_task_id"):
+            raise ValueError("terminate() takes a future returned by this executor's submit() or map()")
+        return client.terminate(future)
+
     def submit_batch(self, calls: Iterable[Sequence[Any]]) -> List[Future]:
         """Submit many calls at once: each item is ``(fn, args)``, ``(fn, args, kwargs)`` or
         ``(fn, args, kwargs, resource_specification)``; they travel to the interchange together."""
@@ -230,6 +248,24 @@ class Executor(concurrent.futures.Executor):
             logging.getLogger("faasx").removeHandler(self._log_handler)
             self._log_handler.close()
             _live.discard(self)
+
+
+class TaskOptions:
+    """``Executor.options(**resources)``: ``submit`` and ``map`` with those resources for every task."""
+
+    def __init__(self, executor: Executor, resources: dict):
+        self._executor = executor
+        self._resources = resources
+
+    def submit(self, fn: Union[Callable, str], /, *args: Any, **kwargs: Any) -> Future:
+        ex = self._executor
+        if ex._shut_down:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        return ex.executor.submit(fn, dict(self._resources), *args, **kwargs)
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None) -> Iterator:
+        """As ``Executor.map`` (one task per call)."""
+        return concurrent.futures.Executor.map(self, fn, *iterables, timeout=timeout)
 
 
 @atexit.register

@@ -62,6 +62,22 @@ class WorkerSlot:
         return self.ready and not self.tasks
 
 
+def _has_walltime(task: Task) -> bool:
+    spec = task[3]
+    return bool(spec) and "walltime" in spec
+
+
+def _take_batch(queue: Deque[Task], n: int) -> List[Task]:
+    """Up to ``n`` tasks from the front of ``queue``; a task with a walltime always goes alone, so
+    that its clock starts when it starts (the manager times it from the hand-over)."""
+    batch = [queue.popleft()]
+    if _has_walltime(batch[0]):
+        return batch
+    while len(batch) < n and queue and not _has_walltime(queue[0]):
+        batch.append(queue.popleft())
+    return batch
+
+
 class WorkerTable:
     def __init__(self, prefetch_capacity: Optional[int] = None):
         self.slots: Dict[int, WorkerSlot] = {}
@@ -184,7 +200,7 @@ class WorkerTable:
         for slot in idle:
             if not queue:
                 break
-            batch = [queue.popleft() for _ in range(min(n, len(queue)))]
+            batch = _take_batch(queue, n)
             for task in batch:
                 slot.tasks[task[0]] = task
             slot.sent_at = now
