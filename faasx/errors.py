@@ -96,6 +96,13 @@ class TaskTimeout(FaaSXError):
         return (type(self), (self.args[0], self.task_id, self.walltime))
 
 
+def refuse_pickling(obj: object) -> None:
+    """``__reduce__`` of the executor objects: a task that refers to its executor (to submit more work
+    from inside a task) fails at submit with this, rather than on the worker."""
+    raise TypeError(f"a faasx executor ({type(obj).__name__}) cannot be sent to a worker: a task cannot submit "
+                    "to the executor that runs it")
+
+
 class ExecutorShutdown(FaaSXError, RuntimeError):
     """The executor was shut down before the task finished, or a task was submitted after shutdown."""
 

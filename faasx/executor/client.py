@@ -42,7 +42,7 @@ from concurrent.futures import CancelledError, Future, InvalidStateError
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from faasx.errors import (ExecutorShutdown, FaaSXError, InterchangeLost, ManagerLost, SerializationError,
-                          TaskTimeout, VersionMismatch, WorkerLost)
+                          TaskTimeout, VersionMismatch, WorkerLost, refuse_pickling)
 from faasx.executor import affinity
 from faasx.executor import protocol as P
 from faasx.executor.channel import Channel, ChannelClosed, ChannelError
@@ -192,6 +192,8 @@ def _settle(fut: Future, res: P.Result) -> None:
 
 
 class EngineClient:
+    __reduce__ = refuse_pickling     # a task that refers to its executor fails at submit, naming it
+
     def __init__(self, *, label: str, logdir: str, token: str, heartbeat_period: float,
                  heartbeat_threshold: float, max_payload_size: int, window: int = 100_000,
                  debug: bool = False, on_fatal: Optional[Callable[[BaseException], None]] = None):

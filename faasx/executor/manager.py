@@ -245,6 +245,11 @@ class Manager:
         env["FAASX_WORKER_ID"] = str(wid)
         env["FAASX_MANAGER_ID"] = self.mid.decode()
         env["FAASX_BLOCK_ID"] = str(self.block_id)
+        if self.args.script_dir and os.path.isdir(self.args.script_dir):
+            # the user's script's directory, as Python gives it to the script itself (sys.path[0]):
+            # ``from helpers import f`` next to it pickles f by reference, so workers must import it too
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (self.args.script_dir, os.environ.get("PYTHONPATH"))
+                                                if p)
         return env
 
     def start_worker(self, container: Optional[str] = None) -> None:
@@ -829,6 +834,8 @@ def main(argv=None) -> int:
                              "allowed, the highest allowed one); workers keep the manager's original CPUs")
     parser.add_argument("--mpi-launcher", choices=("mpiexec", "srun", "aprun"), default=None,
                         help="MPI mode: one manager per block whose tasks take whole nodes of it (faasx.executor.mpi)")
+    parser.add_argument("--script-dir", default=None,
+                        help="the submitting script's directory, put first on the workers' PYTHONPATH where it exists")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     set_process_name("faasx-manager")

@@ -361,6 +361,9 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
             opts += ["--ipc", ipc]
         if self._engine_cpu is not None:
             opts += ["--engine-cpu", str(self._engine_cpu)]
+        script_dir = _script_dir()
+        if script_dir:
+            opts += ["--script-dir", script_dir]
         if self.worker_debug:
             opts.append("--debug")
         return " ".join(o if o == "{block_id}" else shlex.quote(o) for o in opts)
@@ -607,6 +610,16 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
                 logger.warning("executor %s: cancelling blocks %s failed: %s", self.label, job_ids, e)
         super().shutdown()
         logger.info("executor %s: shut down", self.label)
+
+
+def _script_dir() -> Optional[str]:
+    """The directory of the script being run (``python /path/to/main.py`` from anywhere), which Python
+    puts first on the script's own ``sys.path``; None in a REPL or notebook (their workers start in the
+    same working directory anyway)."""
+    import sys
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    return os.path.dirname(os.path.abspath(path)) if path else None
 
 
 def _copy_outcome(src: Future, dst: Future) -> None:

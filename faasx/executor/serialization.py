@@ -37,16 +37,46 @@ def function_id(code: bytes) -> bytes:
 
 
 def serialize_function(fn: Callable) -> Tuple[bytes, bytes]:
-    """(function id, code) for a callable.  Raises SerializationError if dill cannot handle it."""
+    """(function id, code) for a callable.  Raises SerializationError if dill cannot handle it.
+
+    ``recurse=True`` ships a by-value function (one of the script's, a lambda, a closure) with exactly
+    the globals it refers to.  When one of them cannot be pickled, dill's plain mode would still
+    succeed for a ``__main__`` function -- by dropping its globals, so that the worker raises
+    ``NameError`` for a name the script defines.  That is refused here, naming the global, even when
+    it sits on a branch the call never takes: a failure at submit beats one at run time."""
     try:
         code = dill.dumps(fn, recurse=True)
-    except Exception:
+    except Exception as e:
+        name = getattr(fn, "__qualname__", repr(fn))
+        if getattr(fn, "__module__", None) == "__main__":
+            raise SerializationError(f"function {name}", _unpicklable_references(fn) or f"{type(e).__name__}: {e}",
+                                     fix=_FIX_GLOBALS) from e
         try:
             code = dill.dumps(fn)
-        except Exception as e:
-            name = getattr(fn, "__qualname__", repr(fn))
-            raise SerializationError(f"function {name}", f"{type(e).__name__}: {e}") from e
+        except Exception as e2:
+            raise SerializationError(f"function {name}", f"{type(e2).__name__}: {e2}") from e2
     return function_id(code), code
+
+
+_FIX_GLOBALS = ("create such objects inside the function (or pass them as arguments, if picklable); a task "
+                "cannot use the executor that runs it: return what the next step needs and submit that "
+                "step from the script")
+
+
+def _unpicklable_references(fn: Callable) -> str:
+    """Which globals and closure variables of ``fn`` cannot be pickled, and why ('' if none is found)."""
+    found = []
+    try:
+        refs = dict(dill.detect.globalvars(fn, recurse=True))
+        refs.update(dill.detect.freevars(fn))
+    except Exception:
+        return ""
+    for var, value in refs.items():
+        try:
+            dill.dumps(value, recurse=True)
+        except Exception as e:
+            found.append(f"{var!r} ({type(value).__name__}: {type(e).__name__}: {e})")
+    return ("it refers to " + ", ".join(found) + ", which cannot be sent to a worker") if found else ""
 
 
 def deserialize_function(code: bytes) -> Callable:

@@ -17,6 +17,7 @@ import weakref
 from concurrent.futures import Future
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
+from faasx.errors import refuse_pickling
 from faasx.executor.parsl_executor import FaaSExecutor
 
 logger = logging.getLogger("faasx.executor")
@@ -53,6 +54,8 @@ class Executor(concurrent.futures.Executor):
         "aprun") the engine is a ``faasx.MPIExecutor`` and takes its options too
         (``max_workers_per_block``): run MPI applications with ``faasx.mpi.MPIFunction``.
     """
+
+    __reduce__ = refuse_pickling     # a task that refers to its executor fails at submit, naming it
 
     def __init__(self, provider: Any = None, *, label: str = "faasx", run_dir: Optional[str] = None,
                  strategy: Optional[str] = "simple", strategy_period: float = 1.0, max_idletime: float = 120.0,
