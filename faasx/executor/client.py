@@ -4,7 +4,9 @@
 takes an id, makes a ``TaskFuture``, files it in ``futures`` and appends the serialized task to an
 outbox.  The I/O thread is woken through a pipe only when it is asleep, drains the whole outbox into
 one TASKS message (function code first, once per function), receives RESULTS batches and resolves
-futures, dropping each from the table the moment it resolves.
+futures, dropping each from the table the moment it resolves.  User code never runs on it: the
+done-callbacks of the futures it resolves run on a ``CallbackThread`` (in resolution order), so a
+slow callback cannot delay results or heartbeats.  STARTED reports mark futures running().
 
 One shortcut: when nothing at all is outstanding (no task in flight, an empty outbox, nothing
 unsent on the link), the caller writes its one task to the link itself instead of waking the I/O
