@@ -28,6 +28,7 @@ from faasx.containers.engines import (ContainerStartError, InvalidContainerSpec,
                                       container_command, remove_command, validate_container_spec)
 from faasx.executor import protocol as P
 from faasx.executor.processes import command
+from faasx.executor.security import open_private
 from faasx.executor.worker_table import task_container
 
 logger = logging.getLogger("faasx.manager")
@@ -203,7 +204,7 @@ class ContainerWorkers:
 
     def _spawn(self, wid: int, key: str, argv: List[str], stdin) -> None:
         log_base = os.path.join(self.args.logdir, f"worker_{self.mid}_{wid}")
-        with open(log_base + ".out", "ab") as out:
+        with open_private(log_base + ".out", "ab") as out:
             out.write(f"# faasx: starting worker {wid} in container {key}: {' '.join(argv)}\n".encode())
             out.flush()
             self.pool.spawn(wid, argv, out, stdin=stdin)

@@ -49,6 +49,7 @@ from faasx.executor import affinity
 from faasx.executor import protocol as P
 from faasx.executor.channel import Channel, ChannelClosed, ChannelError
 from faasx.executor.processes import command
+from faasx.executor.security import open_private, private_dir
 from faasx.executor.serialization import deserialize, deserialize_exception, serialize_function
 
 logger = logging.getLogger("faasx.executor")
@@ -243,7 +244,7 @@ class EngineClient:
     # ---- start -------------------------------------------------------------------------------
     def start(self, ic_config: dict, start_timeout: float = 30.0) -> Dict[str, int]:
         """Start the interchange process, connect to it and start the I/O thread."""
-        os.makedirs(self.logdir, exist_ok=True)
+        private_dir(self.logdir)
         cfg = dict(ic_config, token=self.token, logdir=self.logdir, parent_pid=os.getpid(),
                    heartbeat_period=self.heartbeat_period, heartbeat_threshold=self.heartbeat_threshold,
                    max_payload_size=self.max_payload_size, debug=self.debug)
@@ -258,7 +259,7 @@ class EngineClient:
         cfg["client_fd"] = theirs.fileno()
         stderr_path = os.path.join(self.logdir, "interchange.stderr")
         try:
-            with open(stderr_path, "ab") as err:
+            with open_private(stderr_path, "ab") as err:
                 self.ic_proc = subprocess.Popen(command("faasx-interchange", "faasx.executor.interchange") + [self.logdir],
                                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                                                 pass_fds=(theirs.fileno(),))

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import signal
 import socket
 import sys
@@ -83,7 +82,9 @@ class Interchange:
         self.ctx = zmq.Context(io_threads=1)      # its I/O thread inherits main()'s pin (engine_cpu)
         self.engine_cpu = cfg.get("engine_cpu")
         self.managers = self._router()
-        self.managers.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # no ROUTER_HANDOVER: manager ids are public (they name log files), and with handover a second
+        # connection presenting a registered id would take over that manager's pipe and its tasks
+        self.managers.setsockopt(zmq.ROUTER_HANDOVER, 0)
         self.managers.setsockopt(zmq.MAXMSGSIZE, max_msg)
         self.auth = None
         if cfg.get("cert_dir"):
@@ -102,19 +103,25 @@ class Interchange:
         return sock
 
     def _bind_local_ipc(self) -> Optional[str]:
-        """The manager port again, on ZeroMQ's ipc transport in Linux's abstract socket namespace, for
-        managers on this host: the same socket (CURVE, ZAP and all), without the TCP/IP stack on each
-        message (~25 us less per round trip).  A manager uses it only if it can connect to it -- one in
-        another network namespace or container cannot and falls back to TCP.  No file to clean up."""
+        """The manager port again, on ZeroMQ's ipc transport, for managers on this host: the same socket
+        (CURVE, ZAP and all), without the TCP/IP stack on each message (~25 us less per round trip).  It
+        is a filesystem socket in the run's 0700 directory (``security.ipc_socket_path``), so other
+        users cannot connect to it -- never Linux's abstract namespace, which every local user can
+        reach.  A manager uses it only if it can connect to it (one on another host cannot) and falls
+        back to TCP."""
+        self.ipc_cleanup: List[str] = []
         if not sys.platform.startswith("linux") or self.cfg.get("manager_ipc") is False:
             return None
-        name = f"faasx-{os.getpid()}-{secrets.token_hex(8)}"
+        from faasx.executor.security import ipc_socket_path
+        path, own_dir = ipc_socket_path(self.cfg["logdir"], f"interchange-{os.getpid()}.sock")
+        self.ipc_cleanup = [path] + ([own_dir] if own_dir else [])
         try:
-            self.managers.bind(f"ipc://@{name}")
+            self.managers.bind(f"ipc://{path}")
+            os.chmod(path, 0o600)   # libzmq makes it with the umask's mode; the 0700 directory is what guards it
         except zmq.ZMQError as e:
             logger.warning("could not bind the local ipc endpoint for managers (%s); managers use TCP", e)
             return None
-        return name
+        return path
 
     @staticmethod
     def _bind(sock: zmq.Socket, address: str, port_range=None, port: Optional[int] = None) -> int:
@@ -533,6 +540,11 @@ class Interchange:
         if self.auth is not None:
             self.auth.stop()
         self.ctx.term()
+        for path in self.ipc_cleanup:     # the socket file, then the private directory made for it
+            try:
+                os.rmdir(path) if os.path.isdir(path) else os.unlink(path)
+            except OSError:
+                pass
         logger.info("interchange stopped: %s", self.stats)
 
 
@@ -541,8 +553,9 @@ def main(argv=None) -> int:
     cfg = json.loads(sys.stdin.readline())
     # before any thread exists, so that every thread of this process (libzmq's, the ZAP handler) shares the CPU
     affinity.pin_this_thread(cfg.get("engine_cpu"), "interchange")
-    os.makedirs(cfg["logdir"], exist_ok=True)
-    logging.basicConfig(filename=os.path.join(cfg["logdir"], "interchange.log"),
+    from faasx.executor.security import PrivateFileHandler, private_dir
+    private_dir(cfg["logdir"])
+    logging.basicConfig(handlers=[PrivateFileHandler(os.path.join(cfg["logdir"], "interchange.log"))],
                         level=logging.DEBUG if cfg.get("debug") else logging.INFO,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     # the client decides when we stop; a terminal's Ctrl-C is for the user's script
@@ -555,7 +568,7 @@ def main(argv=None) -> int:
     sys.stdout.write(json.dumps({"manager_port": ic.manager_port, "manager_ipc": ic.manager_ipc}) + "\n")
     sys.stdout.flush()
     sys.stdout.close()
-    logger.info("interchange up: manager port %d on %s (and ipc://@%s for this host); engine CPU %s",
+    logger.info("interchange up: manager port %d on %s (and ipc://%s for this host); engine CPU %s",
                 ic.manager_port, cfg["bind_address"], ic.manager_ipc,
                 ic.engine_cpu if ic.engine_cpu is not None else "not pinned")
     try:

@@ -69,6 +69,8 @@ from faasx.executor import affinity
 from faasx.executor import protocol as P
 from faasx.executor.channel import ChannelClosed, ChannelError
 from faasx.executor.processes import command, set_process_name
+from faasx.executor.security import (PrivateFileHandler, configure_client, manager_credentials, open_private,
+                                     private_dir)
 from faasx.executor.sockets import drain, send
 from faasx.executor.worker_processes import WorkerProcesses
 from faasx.executor.worker_table import WorkerTable
@@ -207,8 +209,9 @@ class Manager:
         ic.setsockopt(zmq.SNDTIMEO, int(args.heartbeat_threshold * 1000))
         if args.max_payload_size:
             ic.setsockopt(zmq.MAXMSGSIZE, args.max_payload_size + (16 << 20))
-        if args.cert_dir:
-            from faasx.executor.security import configure_client
+        # the run token and keys come from the run's 0700 cert dir, never from the command line (ps)
+        self.token, encrypted = manager_credentials(args.cert_dir)
+        if encrypted:
             configure_client(ic, args.cert_dir)
         return ic
 
@@ -270,7 +273,7 @@ class Manager:
         if self.args.debug:
             argv.append("--debug")
         try:
-            with open(log_base + ".out", "ab") as out:
+            with open_private(log_base + ".out", "ab") as out:
                 proc = self.pool.spawn(wid, argv, out, env=env, stdin=subprocess.DEVNULL,
                                        pass_fds=(theirs.fileno(),))
         finally:
@@ -376,7 +379,7 @@ class Manager:
 
     def _interchange_url(self) -> Optional[str]:
         if self.args.ipc and ipc_reachable(self.args.ipc):
-            return f"ipc://@{self.args.ipc}"    # the interchange is on this host (see Interchange._bind_local_ipc)
+            return f"ipc://{self.args.ipc}"    # the interchange is on this host (see Interchange._bind_local_ipc)
         addresses = [a for a in self.args.addresses.split(",") if a]
         address = probe_addresses(addresses, self.args.port, self.args.address_probe_timeout)
         if address is None:
@@ -390,7 +393,7 @@ class Manager:
         register = {
             "manager_id": self.mid.decode(), "block_id": str(self.block_id), "hostname": self.hostname,
             "pid": os.getpid(), "workers": self.n_workers, "prefetch": self.table.prefetch(),
-            "versions": P.versions(), "token": self.args.token, "accelerators": self.accelerators,
+            "versions": P.versions(), "token": self.token, "accelerators": self.accelerators,
             "containers": bool(self.containers.runtimes), "container_runtimes": self.containers.runtimes,
         }
         try:
@@ -765,15 +768,15 @@ def arm_exit_watchdog(seconds: int = EXIT_WATCHDOG, message: Optional[str] = Non
     signal.alarm(seconds)
 
 
-def ipc_reachable(name: str) -> bool:
-    """Whether the interchange's abstract-namespace ipc endpoint ``name`` accepts connections here: only
-    on its own host and network namespace (Linux)."""
+def ipc_reachable(path: str) -> bool:
+    """Whether the interchange's ipc socket ``path`` accepts connections here: only on its own host (Linux),
+    and only for its user (the socket is in the run's 0700 directory)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(0.5)
-            s.connect("\0" + name)
+            s.connect(path)
         return True
     except OSError:
         return False
@@ -801,9 +804,8 @@ def main(argv=None) -> int:
     parser.add_argument("--addresses", required=True, help="comma-separated interchange addresses to try")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--ipc", default=None,
-                        help="the interchange's ipc endpoint (abstract socket name) for a manager on its own host")
+                        help="the interchange's ipc socket path, for a manager on its own host")
     parser.add_argument("--block-id", default="0")
-    parser.add_argument("--token", default="")
     parser.add_argument("--logdir", default=".")
     parser.add_argument("--max-workers-per-node", type=float, default=None)
     parser.add_argument("--cores-per-worker", type=float, default=1.0)
@@ -816,7 +818,8 @@ def main(argv=None) -> int:
     parser.add_argument("--drain-margin", type=float, default=60.0)
     parser.add_argument("--address-probe-timeout", type=float, default=30.0)
     parser.add_argument("--max-payload-size", type=int, default=1 << 30)
-    parser.add_argument("--cert-dir", default=None)
+    parser.add_argument("--cert-dir", default=None,
+                        help="the run's credentials directory (run token, CurveZMQ keys), readable only by its user")
     parser.add_argument("--max-container-types", type=int,
                         default=int(os.environ.get("FAASX_MAX_CONTAINER_TYPES") or 2),
                         help="distinct container images with workers on this node at once")
@@ -839,9 +842,9 @@ def main(argv=None) -> int:
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     set_process_name("faasx-manager")
-    os.makedirs(args.logdir, exist_ok=True)
-    logging.basicConfig(
-        filename=os.path.join(args.logdir, f"manager_{args.block_id}_{socket.gethostname()}_{os.getpid()}.log"),
+    private_dir(args.logdir)
+    logging.basicConfig(handlers=[PrivateFileHandler(
+        os.path.join(args.logdir, f"manager_{args.block_id}_{socket.gethostname()}_{os.getpid()}.log"))],
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     manager = Manager(args)

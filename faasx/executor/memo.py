@@ -45,6 +45,8 @@ class MemoStore:
         self.hits = 0
         self.misses = 0
         if path:
+            from faasx.executor.security import private_file
+            private_file(path)   # 0600 before SQLite opens it: its -wal and -shm files copy this mode
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")

@@ -26,6 +26,7 @@ from faasx.executor.control import ControlServer
 from faasx.executor.memo import MemoStore, memo_key
 from faasx.executor.processes import manager_program
 from faasx.executor.registry import FunctionRegistry
+from faasx.executor.security import create_keys, private_dir
 from faasx.executor.serialization import deserialize, serialize
 
 logger = logging.getLogger("faasx.executor")
@@ -102,7 +103,9 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
     max_payload_size : int (bytes)
         Largest accepted serialized arguments or result of one task.
     encrypted : bool or None
-        CurveZMQ on the manager connection.  None: on unless every address is loopback.
+        CurveZMQ on the manager connection, on every address (loopback and the same-host ipc socket
+        included).  None (default) or True: on.  False: off -- managers then authenticate only with
+        the run token (read from the run's 0700 directory), and traffic is plain text.
     block_error_handler : bool or callable
         As in Parsl: True fails the executor when every block has failed.
     address_probe_timeout : float
@@ -279,17 +282,14 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
 
     def start(self) -> None:
         super().start()
-        os.makedirs(self.logdir, exist_ok=True)
+        private_dir(self.logdir)
         if getattr(self.provider, "script_dir", "unset") is None:
-            self.provider.script_dir = os.path.join(self.logdir, "submit_scripts")
-            os.makedirs(self.provider.script_dir, exist_ok=True)
+            self.provider.script_dir = private_dir(os.path.join(self.logdir, "submit_scripts"))
         addresses, bind = self._manager_addresses()
-        encrypted = self.encrypted if self.encrypted is not None else not all(is_loopback(a) for a in addresses)
-        cert_dir = None
-        if encrypted:
-            from faasx.executor.security import create_keys
-            cert_dir = create_keys(self.logdir)
+        # authenticated on every address, loopback included (README, threat model); False only if asked
+        encrypted = self.encrypted is not False
         self._token = secrets.token_hex(16)
+        cert_dir = create_keys(self.logdir, self._token, encrypted)
         # chosen once, here, in the thread calling start(): for "auto" the CPU this thread is on
         self._engine_cpu = affinity.choose(self.engine_cpu)
         self._client = EngineClient(label=self.label, logdir=self.logdir, token=self._token,
@@ -301,7 +301,7 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
             "loopback_address": self.loopback_address, "bind_address": bind,
             "worker_port_range": self.worker_port_range,
             "worker_port": self.worker_port, "max_retries": self.max_retries_on_system_failure,
-            "cert_dir": cert_dir, "engine_cpu": self._engine_cpu,
+            "cert_dir": cert_dir if encrypted else None, "engine_cpu": self._engine_cpu,
         })
         self._memo = MemoStore(self.memo_store)
         self._client.memo_store = self._memo
@@ -322,7 +322,7 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
             super().scale_out_facade(self.provider.init_blocks)
             self._strategy_init_pending = True
 
-    def _build_launch_cmd(self, addresses: List[str], port: int, cert_dir: Optional[str],
+    def _build_launch_cmd(self, addresses: List[str], port: int, cert_dir: str,
                           ipc: Optional[str] = None) -> str:
         if self.launch_cmd is not None:
             return self.launch_cmd
@@ -331,7 +331,7 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
         opts = [
             *manager_program(on_this_host=isinstance(self.provider, (FaaSXLocal, ParslLocal))),
             "--addresses", ",".join(addresses), "--port", str(port), "--block-id", "{block_id}",
-            "--token", self._token, "--logdir", self.worker_logdir,
+            "--cert-dir", cert_dir, "--logdir", self.worker_logdir,
             "--cores-per-worker", repr(float(self.cores_per_worker)),
             "--heartbeat-period", repr(float(self.heartbeat_period)),
             "--heartbeat-threshold", repr(float(self.heartbeat_threshold)),
@@ -355,8 +355,6 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
             opts += ["--container-python", self.container_python]
         if self.container_start_timeout is not None:
             opts += ["--container-start-timeout", repr(float(self.container_start_timeout))]
-        if cert_dir:
-            opts += ["--cert-dir", cert_dir]
         if ipc:   # managers on this host connect there instead (ZeroMQ's ipc transport)
             opts += ["--ipc", ipc]
         if self._engine_cpu is not None:

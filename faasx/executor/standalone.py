@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, 
 
 from faasx.errors import refuse_pickling
 from faasx.executor.parsl_executor import FaaSExecutor
+from faasx.executor.security import PrivateFileHandler, private_dir
 
 logger = logging.getLogger("faasx.executor")
 
@@ -71,9 +72,9 @@ class Executor(concurrent.futures.Executor):
         if mpi:
             from faasx.executor.mpi_executor import MPIExecutor as engine
         self.executor = engine(label=label, provider=provider, **options)
-        self.executor.run_dir = self.run_dir
-        os.makedirs(self.executor.logdir, exist_ok=True)
-        self._log_handler = logging.FileHandler(os.path.join(self.executor.logdir, "client.log"))
+        self.executor.run_dir = private_dir(self.run_dir, tighten=run_dir is None)
+        private_dir(self.executor.logdir)
+        self._log_handler = PrivateFileHandler(os.path.join(self.executor.logdir, "client.log"))
         self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(name)s %(levelname)s "
                                                          "%(message)s"))
         self._log_handler.setLevel(logging.DEBUG if options.get("worker_debug") else logging.INFO)

@@ -287,8 +287,9 @@ def main(argv=None) -> int:
     set_process_name("faasx-worker")
     # in a container the parent is the container's init (the signal forwarder), which dies with it
     die_with_parent(args.manager_pid or os.getppid())
-    logging.basicConfig(filename=args.log_file, level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    from faasx.executor.security import PrivateFileHandler
+    logging.basicConfig(handlers=[PrivateFileHandler(args.log_file)] if args.log_file else None,
+                        level=logging.DEBUG if args.debug else logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     sock = None
     if args.connect:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -54,6 +54,7 @@ from parsl.providers.errors import ExecutionProviderException
 from parsl.utils import RepresentationMixin
 
 from faasx.errors import FaaSXError
+from faasx.executor.security import open_private, private_dir, private_file
 
 logger = logging.getLogger(__name__)
 
@@ -322,15 +323,18 @@ class BatchProvider(ClusterProvider, RepresentationMixin):
             # Standalone use (no executor set script_dir): the current directory is usually on the
             # shared file system that compute nodes write their output to; /tmp often is not.
             self.script_dir = os.path.abspath(os.path.join("runinfo", "faasx_submit_scripts"))
-        os.makedirs(self.script_dir, exist_ok=True)
+        private_dir(self.script_dir)
         name = f"{job_name}.{time.time():.3f}.{next(self._counter)}"
         base = os.path.abspath(os.path.join(self.script_dir, name))
+        # the job's output files exist, 0600, before the scheduler opens them (it keeps an existing mode)
+        for path in (base + ".stdout", base + ".stderr"):
+            private_file(path)
         return name, base + ".submit", base + ".stdout", base + ".stderr"
 
     def _write_script(self, path: str, text: str, job_name: str) -> None:
         from faasx.errors import ScaleOutFailed
         try:
-            with open(path, "w") as f:
+            with open_private(path, "w") as f:
                 f.write(text)
         except OSError as e:
             raise ScaleOutFailed(type(self).__name__, f"cannot write the submit script {path}: {e}",

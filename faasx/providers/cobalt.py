@@ -45,7 +45,6 @@ import getpass
 import logging
 import os
 import re
-import stat
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -55,6 +54,7 @@ from parsl.launchers.base import Launcher
 from parsl.providers.cluster_provider import ClusterProvider
 from parsl.utils import RepresentationMixin
 
+from faasx.executor.security import open_private, private_dir
 from faasx.launchers import AprunLauncher
 from faasx.providers.base import (job_environment, run_command, SchedulerCommandError, status_command,
                                   submit_command, walltime_to_seconds)
@@ -165,10 +165,10 @@ class CobaltProvider(ClusterProvider, RepresentationMixin):
         job_name = f"{job_name}.{time.time():.6f}"
         prefix = os.path.join(script_dir, job_name)
         script_path = prefix + ".submit"
-        with open(script_path, "w") as f:
+        with open_private(script_path, "w") as f:
             f.write(self._submit_script(command, tasks_per_node, job_name, script_dir))
-        # Cobalt runs the script itself, so it must be executable.
-        os.chmod(script_path, os.stat(script_path).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        # Cobalt runs the script itself (as us), so it must be executable -- by us only.
+        os.chmod(script_path, 0o700)
 
         argv = self._qsub_argv(script_path, prefix)
         logger.debug("submitting %s: %s", job_name, " ".join(argv))
@@ -237,8 +237,7 @@ class CobaltProvider(ClusterProvider, RepresentationMixin):
         if not self.script_dir:
             self.script_dir = os.path.join(os.getcwd(), "faasx_submit_scripts")
             logger.info("CobaltProvider: script_dir not set, using %s", self.script_dir)
-        os.makedirs(self.script_dir, exist_ok=True)
-        return os.path.abspath(self.script_dir)
+        return private_dir(self.script_dir)
 
     def _time_arg(self) -> str:
         minutes, seconds = divmod(self._walltime_seconds, 60)

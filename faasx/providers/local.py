@@ -16,6 +16,7 @@ from parsl.launchers.base import Launcher
 from parsl.providers import LocalProvider as _ParslLocalProvider
 
 from faasx.launchers import SingleNodeLauncher
+from faasx.executor.security import open_private, private_dir
 from faasx.providers.base import job_environment, walltime_to_seconds
 
 logger = logging.getLogger(__name__)
@@ -97,10 +98,10 @@ class LocalProvider(_ParslLocalProvider):
         base = os.path.abspath(os.path.join(self.script_dir, name))
         script, stdout_path, stderr_path = base + ".sh", base + ".stdout", base + ".stderr"
         try:
-            os.makedirs(self.script_dir, exist_ok=True)
-            with open(script, "w") as f:
+            private_dir(self.script_dir)
+            with open_private(script, "w") as f:
                 f.write(self.submit_script(command, tasks_per_node, name))
-            with open(stdout_path, "w") as out, open(stderr_path, "w") as err:
+            with open_private(stdout_path, "w") as out, open_private(stderr_path, "w") as err:
                 # Own session: cancel() can signal the whole block, and it does not get our terminal's ^C.
                 proc = subprocess.Popen(["/bin/bash", script], stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                         start_new_session=True, cwd=os.getcwd())

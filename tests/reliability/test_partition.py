@@ -154,9 +154,11 @@ def test_partitioned_manager_tasks_redispatched_and_stale_manager_refused(side, 
     assert "--cert-dir" in ex.executor._get_launch_command("x")
 
     # the remote host's manager gets a long heartbeat_threshold of its own, so that it is still
-    # alive when the link heals and must be refused by the interchange (instead of exiting itself)
+    # alive when the link heals and must be refused by the interchange (instead of exiting itself).
+    # No --ipc: the interchange's Unix socket is a file, reachable from a network namespace of this
+    # host though not from another host, which the namespace stands in for
     remote = start_manager(ex, "remote", prefix=test_host.prefix(), replace={"--heartbeat-threshold": 120},
-                           log=str(tmp_path / "remote.out"))
+                           drop=["--ipc"], log=str(tmp_path / "remote.out"))
     wait_for(lambda: remote.pid in manager_pids(ex), 30, what="the manager in the namespace to register")
     m = [m for m in ex.executor.connected_managers() if m["pid"] == remote.pid][0]
     assert m["block_id"] == "remote"
