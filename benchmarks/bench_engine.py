@@ -37,6 +37,8 @@ def noop(x):
 
 SYSTEMS = {
     "faasx": "faasx.Executor",
+    # the cost of authentication: the same, without CurveZMQ (not a default; only with --systems)
+    "faasx-plain": "faasx.Executor encrypted=False",
     "faasx-parsl": "faasx.FaaSExecutor",
     "htex": "Parsl HTEX",
 }
@@ -78,7 +80,7 @@ def measure(args) -> dict:
         res["cpus"] = sorted(os.sched_getaffinity(0))
     t0 = C.now()
     # imports are not part of cold start (faasx imports lazily: touch the class to import it now)
-    if system == "faasx":
+    if system in ("faasx", "faasx-plain"):
         import faasx
         faasx.Executor  # noqa: B018
     else:
@@ -92,8 +94,8 @@ def measure(args) -> dict:
 
     # ---- cold start: constructing / loading the executor -> first result
     t0 = C.now()
-    if system == "faasx":
-        ex = faasx.Executor(max_workers_per_node=args.workers)
+    if system in ("faasx", "faasx-plain"):
+        ex = faasx.Executor(max_workers_per_node=args.workers, encrypted=system == "faasx")
 
         def submit(i):
             return ex.submit(noop, i)
@@ -201,7 +203,8 @@ def main(argv=None) -> int:
     p.add_argument("--cpus", default="", metavar="LIST",
                    help="pin each system (its child process and everything it starts) to these CPUs, e.g. 0 "
                         "(an experiment: by default nothing is pinned)")
-    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list of {', '.join(SYSTEMS)}")
+    p.add_argument("--systems", default=",".join(s for s in SYSTEMS if s != "faasx-plain"),
+                   help=f"comma list of {', '.join(SYSTEMS)}")
     p.add_argument("--repeat", type=int, default=1, help="fresh-process runs per system; medians reported")
     p.add_argument("--cold-timeout", type=float, default=120.0, help="seconds allowed for the first result")
     p.add_argument("--plots", default=None, metavar="DIR", help="write the PNG here (default docs/img/)")
@@ -271,7 +274,7 @@ def report(runs: dict, systems: list, args):
     def m(s, k):
         return (med.get(s) or {}).get(k)
 
-    faas_cols = [s for s in ("faasx", "faasx-parsl") if s in systems]
+    faas_cols = [s for s in ("faasx", "faasx-plain", "faasx-parsl") if s in systems]
     headers = ["metric"]
     for s in faas_cols:
         headers += [SYSTEMS[s], "ratio"]

@@ -29,8 +29,9 @@
       future resolved  <------  futures.pop(tid)
 
 Transports: client <-> interchange and manager <-> worker are inherited Unix socketpairs (one host
-each; ``channel``); interchange <-> managers is ZeroMQ over TCP (CurveZMQ off loopback), the only hop
-that crosses the network.  The engine's threads of one host share a CPU (``affinity``).
+each; ``channel``); interchange <-> managers is ZeroMQ over TCP, or ipc for a manager on the same host,
+CurveZMQ on every address (``security``): the only hop that crosses the network.  The engine's threads
+of one host share a CPU (``affinity``).
 
 Moving parts, one module each:
 
@@ -48,7 +49,8 @@ Moving parts, one module each:
 ``sockets``        hot-path ZeroMQ send and drain.
 ``memo``           memoization keys and the (optionally SQLite-backed) result store.
 ``worker``         the process that runs functions (and a task's cores/memory limits).
-``security``       CurveZMQ keys and the ZAP allow-list for the manager port.
+``security``       the run kept private to its user: 0700/0600 files, credentials, CurveZMQ on the manager port.
+``options``        the executors' options, checked at construction.
 ``registry``       registered functions (submit by id).
 ``control``        the run's control endpoint (a private Unix socket) that ``faasx status`` asks.
 ``task_output``    per-task markers in a worker's captured stdout/stderr (``faasx logs``).

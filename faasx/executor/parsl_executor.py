@@ -25,6 +25,7 @@ from faasx.executor.client import EngineClient, TaskFuture
 from faasx.executor.control import ControlServer
 from faasx.executor.memo import MemoStore, memo_key
 from faasx.executor.processes import manager_program
+from faasx.executor.options import check_faas_executor
 from faasx.executor.registry import FunctionRegistry
 from faasx.executor.security import create_keys, private_dir
 from faasx.executor.serialization import deserialize, serialize
@@ -170,19 +171,21 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
                  container_python: Optional[str] = None,
                  container_start_timeout: Optional[float] = None,
                  engine_cpu: Union[int, str, None] = "auto"):
+        # every value checked before anything is set up, naming the option (faasx.executor.options)
+        check_faas_executor(
+            label=label, address=address, loopback_address=loopback_address, worker_port=worker_port,
+            worker_port_range=worker_port_range, interchange_port_range=interchange_port_range,
+            cores_per_worker=cores_per_worker, mem_per_worker=mem_per_worker,
+            max_workers_per_node=max_workers_per_node, available_accelerators=available_accelerators,
+            prefetch_capacity=prefetch_capacity, heartbeat_period=heartbeat_period,
+            heartbeat_threshold=heartbeat_threshold, drain_period=drain_period, drain_margin=drain_margin,
+            max_retries_on_system_failure=max_retries_on_system_failure, max_payload_size=max_payload_size,
+            address_probe_timeout=address_probe_timeout, max_container_types=max_container_types,
+            container_start_timeout=container_start_timeout)
         if provider is None:
             from faasx.providers import LocalProvider
             provider = LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1)
         BlockProviderExecutor.__init__(self, provider=provider, block_error_handler=block_error_handler)
-        if heartbeat_period <= 0 or heartbeat_threshold <= heartbeat_period:
-            raise ValueError(f"heartbeat_threshold ({heartbeat_threshold}) must exceed heartbeat_period "
-                             f"({heartbeat_period}) > 0")
-        if max_retries_on_system_failure < 0:
-            raise ValueError("max_retries_on_system_failure must be >= 0")
-        if prefetch_capacity is not None and prefetch_capacity < 0:
-            raise ValueError("prefetch_capacity must be >= 0 (or None for adaptive)")
-        if cores_per_worker <= 0:
-            raise ValueError("cores_per_worker must be > 0")
         self.engine_cpu = affinity.validate(engine_cpu)
         self.label = label
         self.launch_cmd = launch_cmd
@@ -214,8 +217,6 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
         self.worker_logdir_root = worker_logdir_root
         self.remote_monitoring_radio = remote_monitoring_radio
         self.memo_store = memo_store
-        if max_container_types is not None and max_container_types < 1:
-            raise ValueError("max_container_types must be >= 1")
         self.max_container_types = max_container_types
         self.container_python = container_python
         self.container_start_timeout = container_start_timeout

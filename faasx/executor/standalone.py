@@ -18,6 +18,7 @@ from concurrent.futures import Future
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from faasx.errors import refuse_pickling
+from faasx.executor.options import check_standalone, max_workers_alias
 from faasx.executor.parsl_executor import FaaSExecutor
 from faasx.executor.security import PrivateFileHandler, private_dir
 
@@ -48,7 +49,8 @@ class Executor(concurrent.futures.Executor):
         Parsl's scaling strategy ('simple', 'htex_auto_scale', 'none'), how often it runs (s) and how
         long blocks may idle before they are scaled in (s).
     **options :
-        Every ``FaaSExecutor`` option: ``max_workers_per_node``, ``cores_per_worker``,
+        Every ``FaaSExecutor`` option, checked here (``ValueError`` or ``TypeError`` naming the option):
+        ``max_workers_per_node`` (or ``max_workers``, the stdlib pools' spelling), ``cores_per_worker``,
         ``mem_per_worker``, ``available_accelerators``, ``prefetch_capacity``, ``heartbeat_period``,
         ``heartbeat_threshold``, ``max_retries_on_system_failure``, ``address``, ``encrypted``,
         ``working_dir``, ``max_payload_size`` ...  With ``mpi_launcher=`` ("mpiexec", "srun" or
@@ -61,6 +63,8 @@ class Executor(concurrent.futures.Executor):
     def __init__(self, provider: Any = None, *, label: str = "faasx", run_dir: Optional[str] = None,
                  strategy: Optional[str] = "simple", strategy_period: float = 1.0, max_idletime: float = 120.0,
                  **options: Any):
+        options = max_workers_alias(options)
+        check_standalone(strategy, strategy_period, max_idletime)
         mpi = "mpi_launcher" in options      # MPI mode: the engine is an MPIExecutor (faasx.mpi)
         if provider is None:
             from faasx.providers import LocalProvider

@@ -151,9 +151,15 @@ def test_foreign_manager_with_wrong_token_is_refused(run_dir):
     provider = LocalProvider(init_blocks=0, min_blocks=0, max_blocks=1)
     with faasx.Executor(provider, max_workers_per_node=1, run_dir=run_dir, strategy="none",
                         **FAST_HEARTBEATS) as ex:
-        cmd = ex.executor._get_launch_command("x")
-        token = ex.executor._token
-        foreign = subprocess.run(cmd.replace(token, "0" * 32), shell=True, timeout=30)
+        # the run's keys (it gets through CurveZMQ) but another run's token, read from its --cert-dir
+        import shutil
+        certs = os.path.join(ex.executor.logdir, "certs")
+        foreign_certs = os.path.join(run_dir, "foreign-certs")
+        shutil.copytree(certs, foreign_certs)
+        with open(os.path.join(foreign_certs, "token"), "w") as f:
+            f.write("0" * 32)
+        cmd = ex.executor._get_launch_command("x").replace(certs, foreign_certs)
+        foreign = subprocess.run(cmd, shell=True, timeout=30)
         assert foreign.returncode == 1
         assert ex.executor.interchange_stats()["managers_refused"] == 1
         assert ex.executor.connected_managers() == []

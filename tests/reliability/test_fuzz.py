@@ -50,10 +50,14 @@ def zctx():
 
 
 def dealer(ctx, ex, port_name: str, identity: bytes = None) -> zmq.Socket:
+    """A stranger on the manager port that holds the run's CurveZMQ keys (without them it could not send
+    a single frame past the handshake: tests/security), so that what is fuzzed is faasx's own parsing."""
+    from faasx.executor.security import configure_client
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     if identity:
         sock.setsockopt(zmq.IDENTITY, identity)
+    configure_client(sock, os.path.join(ex.executor.logdir, "certs"))
     sock.connect(f"tcp://127.0.0.1:{ex.executor._client.ports[port_name]}")
     return sock
 
@@ -218,9 +222,10 @@ def test_the_client_side_of_the_interchange_is_not_reachable_from_outside(ex):
     ports = ex.executor._client.ports
     listening = {c.laddr.port for c in ic.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
     assert listening == {ports["manager_port"]}, listening
-    # named Unix sockets: only the manager port's own ipc endpoint for managers on this host
+    # named Unix sockets: only the manager port's own ipc socket (a file in the 0700 run dir) for managers
+    # on this host
     named = {c.laddr for c in ic.net_connections(kind="unix") if c.laddr}
-    assert named == {"@" + ports["manager_ipc"]}, named
+    assert named == {ports["manager_ipc"]}, named
     assert set(ports) == {"manager_port", "manager_ipc"}
 
 

