@@ -132,7 +132,8 @@ class ControlServer:
         final["tasks"].update(queued=0, running=0, prefetched=0)
         final["errors"] = self._errors()
         tmp = os.path.join(self.executor.logdir, FINAL_STATUS + ".tmp")
-        with open(tmp, "w") as f:
+        from faasx.executor.security import open_private
+        with open_private(tmp, "w") as f:    # 0600 whatever the umask, as every file of the run
             json.dump(final, f, indent=1, default=str)
         os.replace(tmp, os.path.join(self.executor.logdir, FINAL_STATUS))
 
