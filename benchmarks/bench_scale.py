@@ -3,8 +3,8 @@
 One fresh child process per scale runs a real ``faasx.Executor`` (real client, real interchange) whose
 provider, ``SwarmProvider`` (a ``faasx.providers.LocalProvider``), starts each block as a swarm of
 simulated managers (``benchmarks/swarm.py``) instead of one ``faasx-manager``: the swarm gets the very
-launch command the executor built (addresses, port, ipc name, token, cert dir) and speaks the real
-protocol, each simulated manager with ``--workers`` simulated workers (default 64).  Scales: 4 -> 2,048
+launch command the executor built (addresses, port, ipc socket, cert dir with the token and keys)
+and speaks the real protocol, each simulated manager with ``--workers`` simulated workers (default 64).  Scales: 4 -> 2,048
 managers x 64 = 256 -> 131,072 workers; task durations 0, 10 ms, 100 ms, 1 s (``sleep_task(d)``: the
 swarm holds each task d seconds).  Measured per scale:
 
@@ -17,7 +17,7 @@ swarm holds each task d seconds).  Measured per scale:
 
     python benchmarks/bench_scale.py [--managers 4,16,64,256,1024,2048] [--workers 64] [--quick]
 
-Traffic stays on loopback (``ipc://`` in the abstract namespace, as same-host managers use); every
+Traffic stays on this host (``ipc://``, a socket file in the run directory, as same-host managers use); every
 run is bounded (per-cell task counts, ``--max-tasks``, the child's wall-clock bound).
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A swarm of simulated managers: many faasx managers in one process, speaking the real protocol.
 
 Started by ``bench_scale.SwarmProvider`` in place of a block's ``faasx-manager``: it receives the same
-command-line options the real manager would (interchange addresses, port, ipc name, token, cert dir,
+command-line options the real manager would (interchange addresses, port, ipc socket, cert dir,
 heartbeat period) and opens ``--managers`` ZeroMQ DEALER sockets, one per simulated manager, each with
 its own identity, registering with ``--sim-workers`` workers and ``--prefetch``.  A simulated worker
 "runs" a task by holding it for the duration given as the task's first argument (the benchmark submits
@@ -69,18 +69,20 @@ class Swarm:
     # ---- connecting ------------------------------------------------------------------------------
     def url(self) -> str:
         if self.args.ipc:
-            return f"ipc://@{self.args.ipc}"
+            return f"ipc://{self.args.ipc}"     # a socket file in the run's 0700 directory
         return f"tcp://{self.args.addresses.split(',')[0]}:{self.args.port}"
 
     def connect_all(self) -> None:
+        from faasx.executor.security import configure_client, manager_credentials
         url = self.url()
+        # as the real manager: the token and keys come from --cert-dir, never from the command line
+        token, encrypted = manager_credentials(self.args.cert_dir)
         for i in range(self.args.managers):
             sock = self.ctx.socket(zmq.DEALER)
             mid = f"swarm-{self.args.block_id}-{os.getpid()}-{i}".encode()
             sock.setsockopt(zmq.IDENTITY, mid)
             sock.setsockopt(zmq.LINGER, 0)
-            if self.args.cert_dir:
-                from faasx.executor.security import configure_client
+            if encrypted:
                 configure_client(sock, self.args.cert_dir)
             sock.connect(url)
             m = SimManager(sock, mid, self.args.sim_workers)
@@ -92,7 +94,7 @@ class Swarm:
             m.sock.send_multipart(P.pack_register(P.Registration(
                 manager_id=m.mid.decode(), block_id=str(self.args.block_id), hostname="swarm", pid=os.getpid(),
                 workers=self.args.sim_workers, prefetch=self.args.prefetch, versions=P.versions(),
-                token=self.args.token, accelerators=[], containers=False, container_runtimes=[])))
+                token=token, accelerators=[], containers=False, container_runtimes=[])))
 
     # ---- messages from the interchange ----------------------------------------------------------
     def on_message(self, m: SimManager, frames: list) -> None:
@@ -290,7 +292,6 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--ipc", default=None)
     p.add_argument("--block-id", default="0")
-    p.add_argument("--token", default="")
     p.add_argument("--cert-dir", default=None)
     p.add_argument("--heartbeat-period", type=float, default=5.0)
     p.add_argument("--heartbeat-threshold", type=float, default=30.0)
