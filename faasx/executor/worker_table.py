@@ -6,7 +6,15 @@ function codes each worker already has, and decides how many tasks to hand to an
 Batch sizing adapts to the observed task duration: for tasks far shorter than a socket round trip
 (no-ops, ~20 us) a worker gets up to ``BATCH_WINDOW`` seconds of work per message, which is what
 makes small tasks cheap; for tasks of a millisecond or more it gets one task at a time, so no task
-waits behind another on a busy worker while a neighbour idles.  The manager's advertised prefetch
+waits behind another on a busy worker while a neighbour idles.
+
+A worker runs its batch serially, so the history can only say what tasks *were*: a burst of long
+tasks after a run of no-ops would all land in one worker's batch while the others idle (issue 12).
+Each worker therefore also has its own ``limit``, grown by proof like TCP's slow start: it starts at
+one task, doubles each time a whole batch comes back within ``2 * BATCH_WINDOW``, and falls back to
+one the moment a batch runs long or the worker has caught up with the queue (what comes next is
+unknown).  A long task then holds back at most the short tasks batched with it while the limit was
+proven, never a pile of other long ones behind it.  The manager's advertised prefetch
 (how many tasks beyond its workers it asks the interchange for) adapts the same way unless the user
 fixed ``prefetch_capacity``.
 
@@ -45,7 +53,8 @@ def task_container(task: Task) -> Optional[str]:
 
 
 class WorkerSlot:
-    __slots__ = ("wid", "ready", "tasks", "fids", "sent_at", "container", "started_at", "last_used")
+    __slots__ = ("wid", "ready", "tasks", "fids", "sent_at", "container", "started_at", "last_used",
+                 "limit", "batch_at", "batch_len")
 
     def __init__(self, wid: int, container: Optional[str] = None, now: float = 0.0):
         self.wid = wid
@@ -56,6 +65,9 @@ class WorkerSlot:
         self.container = container
         self.started_at = now
         self.last_used = now
+        self.limit = 1              # most tasks in its next batch (slow start; see the module docstring)
+        self.batch_at = 0.0         # when its current batch was sent
+        self.batch_len = 0          # how many tasks it had
 
     @property
     def idle(self) -> bool:
@@ -200,10 +212,12 @@ class WorkerTable:
         for slot in idle:
             if not queue:
                 break
-            batch = _take_batch(queue, n)
+            batch = _take_batch(queue, min(n, slot.limit))
             for task in batch:
                 slot.tasks[task[0]] = task
             slot.sent_at = now
+            slot.batch_at = now
+            slot.batch_len = len(batch)
             slot.last_used = now
             out.append((slot, batch))
 
@@ -214,11 +228,24 @@ class WorkerTable:
             return
         for tid in tids:
             slot.tasks.pop(tid, None)
+        self._adapt_limit(slot, now)
         slot.last_used = now
         per_task = max(now - slot.sent_at, 0.0) / len(tids)
         slot.sent_at = now
         avg = self.avg_task_seconds
         self.avg_task_seconds = per_task if avg is None else avg + EWMA_ALPHA * (per_task - avg)
+
+    def _adapt_limit(self, slot: WorkerSlot, now: float) -> None:
+        """Slow start of ``slot.limit``: proven fast batches double it, anything else resets it to one."""
+        elapsed = now - slot.batch_at
+        # "long" against what the history expects of this batch, so that a loaded machine's delays
+        # do not keep resetting workers whose tasks take a millisecond or two
+        expected = slot.batch_len * (self.avg_task_seconds or 0.0)
+        if elapsed > max(2 * BATCH_WINDOW, 4 * expected):
+            slot.limit = 1                       # this batch runs long: its tasks are not all short
+        elif not slot.tasks:
+            caught_up = not (self.queue if slot.container is None else self.cqueues.get(slot.container))
+            slot.limit = 1 if caught_up else min(MAX_BATCH, 2 * slot.limit)
 
     def prefetch(self) -> int:
         """How many tasks beyond one per worker this manager wants queued locally."""
@@ -240,7 +267,8 @@ class WorkerTable:
         * a plain task is only in the plain queue or on a plain worker, a container task only in its
           key's queue or on a worker of its key;
         * only ready workers hold tasks, each under its own id, and a slot knows its own worker id;
-        * ``held()`` and ``all_tids()`` count exactly those tasks.
+        * ``held()`` and ``all_tids()`` count exactly those tasks;
+        * a worker holds at most the batch it was sent, and its slow-start limit is within 1..MAX_BATCH.
         """
         where: Dict[int, str] = {}
 
@@ -260,6 +288,8 @@ class WorkerTable:
             for tid, task in slot.tasks.items():
                 assert task[0] == tid, f"worker {wid} holds task {task[0]} under id {tid}"
                 place(task, f"worker {wid}", slot.container)
+            assert 1 <= slot.limit <= MAX_BATCH, f"worker {wid}'s batch limit is {slot.limit}"
+            assert len(slot.tasks) <= slot.batch_len, f"worker {wid} holds more than the batch it was sent"
         # the base class's counts: a subclass that keeps tasks elsewhere too (``MpiWorkerTable``'s tasks
         # waiting for nodes) checks those places in its own validate()
         held = WorkerTable.held(self)

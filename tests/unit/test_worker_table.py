@@ -69,7 +69,12 @@ def test_short_tasks_get_batched_and_long_tasks_do_not():
     t.enqueue([task(i) for i in range(1000)])
     (slot, batch), = t.assign(0.0)
     t.done(0, [batch[0][0]], 0.00002)         # 20 us per task
-    (slot, batch), = t.assign(1.0)
+    now = 1.0
+    for _ in range(6):                        # the worker's slow start doubles per fast batch
+        (slot, batch), = t.assign(now)
+        now += 0.00002 * len(batch)
+        t.done(0, [tk[0] for tk in batch], now)
+    (slot, batch), = t.assign(now)
     assert len(batch) > 50
     assert t.prefetch() > 100
     t2 = CheckedTable()
