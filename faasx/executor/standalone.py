@@ -217,9 +217,8 @@ class Executor(concurrent.futures.Executor):
                 return
         client = self.executor._client
         pending = list(client.futures.values()) if client is not None else []
-        if cancel_futures:
-            for fut in pending:
-                fut.cancel()
+        if cancel_futures and client is not None:
+            client.cancel_pending()
         if not wait:
             if self._finisher is None:
                 self._finisher = threading.Thread(target=self._finish, args=(pending,), name="faasx-shutdown",

@@ -1,0 +1,38 @@
+"""shutdown(cancel_futures=True) with many pending tasks (issue 12): the tasks still queued in the client
+are dropped there, never sent to the interchange only to be cancelled, and the interchange gets one
+CANCEL for those it holds (one log line, not one per few thousand tasks).  Real processes."""
+import glob
+import os
+import threading
+
+import faasx
+from tests.support import wait_for
+
+from .conftest import FAST_HEARTBEATS
+from .test_contract import gated, mark
+
+N = 20_000
+WINDOW = 300
+
+
+def test_cancel_many_pending_sends_nothing_new_and_one_cancel(run_dir, release, tmp_path):
+    ex = faasx.Executor(max_workers_per_node=1, run_dir=run_dir, **FAST_HEARTBEATS)
+    client = ex.executor._client
+    client.window = WINDOW          # most of the N tasks then wait in the client, as a million would
+    running = ex.submit(gated, release.path, str(tmp_path / "running"), 7)
+    wait_for(running.running, 30, what="the gated task to be running()")
+    queued = [ex.submit(mark, str(tmp_path / "queued"), i) for i in range(N)]
+    wait_for(lambda: client._in_flight >= WINDOW, 30, what="the client's window to fill")
+    sent_before = client.stats["submitted"]
+    stopper = threading.Thread(target=ex.shutdown, kwargs={"wait": True, "cancel_futures": True})
+    stopper.start()
+    wait_for(lambda: all(f.cancelled() for f in queued), 30, what="the queued tasks to be cancelled")
+    release.open()
+    stopper.join(60)
+    assert not stopper.is_alive(), "shutdown(wait=True) did not return"
+    assert running.result(timeout=0) == 7
+    assert not os.path.exists(tmp_path / "queued"), "a cancelled task ran"
+    assert client.stats["submitted"] == sent_before, "tasks were sent to the interchange after the cancel"
+    lines = [line for path in glob.glob(os.path.join(run_dir, "**", "*.log"), recursive=True)
+             for line in open(path, errors="replace") if "at the client's request" in line]
+    assert len(lines) == 1, lines
