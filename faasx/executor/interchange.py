@@ -332,7 +332,7 @@ class Interchange:
             self._refuse(mid, body, reason)
             return
         info = {"hostname": reg.hostname, "pid": reg.pid, "accelerators": reg.accelerators,
-                "containers": reg.containers}
+                "containers": reg.containers, "walltime_left": reg.walltime_left}
         self.scheduler.register_manager(mid, reg.block_id, reg.workers, reg.workers + reg.prefetch, info, now)
         self.blocks_seen.setdefault(reg.block_id, now)
         self.stats["managers_registered"] += 1
@@ -422,7 +422,7 @@ class Interchange:
 
     def dispatch(self, now: float) -> None:
         """Send each manager the tasks the scheduler gave it (their functions' code first)."""
-        for m, recs in self.scheduler.dispatch():
+        for m, recs in self.scheduler.dispatch(now):
             if not (self._send_missing_funcs(m, recs) and self._send_manager(m.mid, P.pack_tasks(recs))):
                 self.remove_manager(m.mid, "unreachable (its connection is gone)", now)
             elif self.debug:
@@ -516,6 +516,7 @@ class Interchange:
                 self._fail(rec.tid, "FAILED", f"task {rec.tid} needs {key!r}, but none of the "
                            f"{len(self.scheduler.managers)} connected manager(s) can run it: they have no {need}. "
                            "Fix: give the executor nodes that have it, or drop the requirement.", rec.attempts)
+        self._fail_too_long(now)
         for mid in list(self.scheduler.managers):
             if not self._send_manager(mid, hb):
                 self.remove_manager(mid, "unreachable (its connection is gone)", now)
@@ -524,6 +525,17 @@ class Interchange:
         if os.getppid() != self.parent_pid:
             logger.error("the client process %d is gone; shutting down", self.parent_pid)
             self.running = False
+
+    def _fail_too_long(self, now: float) -> None:
+        """Fail tasks whose walltime no connected block has left (after the same grace as above)."""
+        for rec, longest in self.scheduler.too_long(now, self.hb_threshold):
+            self.stats["failed_unroutable"] = self.stats.get("failed_unroutable", 0) + 1
+            logger.error("failing task %d: its walltime of %ss exceeds the %.0fs the longest connected block "
+                         "has left", rec.tid, rec.walltime, longest)
+            self._fail(rec.tid, "FAILED", f"task {rec.tid} declares a walltime of {rec.walltime}s, but the "
+                       f"longest remaining block time of the {len(self.scheduler.managers)} connected manager(s) "
+                       f"is {longest:.0f}s, and no longer block came within {self.hb_threshold}s. Fix: give the "
+                       "provider a longer walltime, or declare a shorter one for the task.", rec.attempts)
 
     def shutdown(self) -> None:
         bye = P.pack_shutdown("the executor is shutting down")

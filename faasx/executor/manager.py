@@ -98,6 +98,16 @@ def worker_count(max_workers_per_node: Optional[float], cores_per_worker: float,
     return max(1, int(min(bounds)))
 
 
+def walltime_left() -> Optional[float]:
+    """Seconds until this block's job ends (``FAASX_WALLTIME_END``, epoch seconds, exported by the
+    providers), for REGISTER: the interchange sends a task with a walltime only where it fits.
+    None when the job has no limit or the variable is malformed (``_drain_deadline`` warns of that)."""
+    try:
+        return max(0.0, float(os.environ["FAASX_WALLTIME_END"]) - time.time())
+    except (KeyError, ValueError):
+        return None
+
+
 class ResultBatch:
     """RESULTS waiting to go to the interchange: filled during one pass of the event loop (workers'
     results, tasks lost with their worker, tasks failed before they ran) and sent as one message at its
@@ -390,14 +400,14 @@ class Manager:
         return f"tcp://{address}:{self.args.port}"
 
     def _register(self, url: str) -> bool:
-        register = {
-            "manager_id": self.mid.decode(), "block_id": str(self.block_id), "hostname": self.hostname,
-            "pid": os.getpid(), "workers": self.n_workers, "prefetch": self.table.prefetch(),
-            "versions": P.versions(), "token": self.token, "accelerators": self.accelerators,
-            "containers": bool(self.containers.runtimes), "container_runtimes": self.containers.runtimes,
-        }
+        register = P.Registration(
+            manager_id=self.mid.decode(), block_id=str(self.block_id), hostname=self.hostname,
+            pid=os.getpid(), workers=self.n_workers, prefetch=self.table.prefetch(),
+            versions=P.versions(), token=self.token, accelerators=self.accelerators,
+            containers=bool(self.containers.runtimes), container_runtimes=self.containers.runtimes,
+            walltime_left=walltime_left())
         try:
-            self.ic.send_multipart(P.pack(P.REGISTER, register))
+            self.ic.send_multipart(P.pack_register(register))
         except zmq.Again:
             logger.error("the interchange at %s did not answer the registration: it could not even be sent within "
                          "%ss (no connection; with encryption on, check that this node can read the executor's "
@@ -405,7 +415,7 @@ class Manager:
             return False
         logger.info("registering with the interchange at %s as %s (block %s, %d workers)", url, self.mid.decode(),
                     self.block_id, self.n_workers)
-        self.advertised_prefetch = register["prefetch"]
+        self.advertised_prefetch = register.prefetch
         return True
 
     def _await_registered(self, url: str) -> bool:

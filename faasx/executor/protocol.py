@@ -96,7 +96,8 @@ EVENT       ic -> client          {kind: "registered", manager, block_id, worker
                                    manager_versions}
                                   {kind: "lost", manager, block_id, reason, requeued, failed}
 REGISTER    mgr -> ic             {manager_id, block_id, hostname, pid, workers, prefetch, versions,
-                                   token, accelerators, containers (bool), container_runtimes}
+                                   token, accelerators, containers (bool), container_runtimes,
+                                   walltime_left (optional)}
 REGISTERED  ic -> mgr             {heartbeat_period, heartbeat_threshold}
 REFUSED     ic -> mgr             {reason}
 HEARTBEAT   client <-> ic,        {}
@@ -183,6 +184,12 @@ Interchange and manager (``Interchange.handle_manager``, ``Manager``):
 * A task whose spec has ``walltime`` (seconds) is handed to a worker alone; if it has not finished
   ``walltime`` seconds after that, the manager kills the worker's process group as for TERMINATE and
   answers it with a FAILED result of kind ``TaskTimeout`` (a limit the user set, never retried).
+  The interchange MUST NOT dispatch such a task to a manager whose REGISTER said ``walltime_left``
+  (seconds until its block ends, from ``FAASX_WALLTIME_END``) less than the walltime, counted
+  from its registration; absent or null means no limit.  A task no active manager has time left
+  for is failed after ``heartbeat_threshold`` seconds (a longer block may register meanwhile).
+  ``walltime_left`` is optional, so it did not change ``PROTOCOL_VERSION``: an interchange that
+  ignores it only loses the placement, and a manager that omits it is taken to have no limit.
 * BYE: the manager is exiting.  ``lost`` lists the tasks it still held, for the log; the interchange
   MUST NOT rely on it, and requeues every task its own ownership record gives that manager.
 * SHUTDOWN: the manager MUST stop its workers and exit (it says BYE first).
@@ -303,6 +310,7 @@ class Registration(NamedTuple):
     accelerators: Any
     containers: Any
     container_runtimes: Any
+    walltime_left: Optional[float] = None       # seconds until the block ends; None: no limit
 
 
 class ManagerHeartbeat(NamedTuple):
@@ -596,7 +604,11 @@ def parse_register(body: Any) -> Registration:
         raise ProtocolError("malformed registration")
     prefetch = body.get("prefetch")
     fields = {k: body.get(k) for k in Registration._fields}
-    fields.update(block_id=str(body.get("block_id")), prefetch=prefetch if type(prefetch) is int else 0)
+    left = body.get("walltime_left")
+    if left is not None and (type(left) not in (int, float) or left != left):
+        raise ProtocolError(f"malformed registration: walltime_left {left!r} is not a number of seconds")
+    fields.update(block_id=str(body.get("block_id")), prefetch=prefetch if type(prefetch) is int else 0,
+                  walltime_left=max(0.0, float(left)) if left is not None else None)
     return Registration(**fields)
 
 

@@ -22,13 +22,18 @@ Model
   first) and every prioritised task runs before any task without a priority, which wait in a FIFO.
 * A task whose manager or worker is lost is re-queued at the front, up to ``max_retries`` times;
   after that it is failed with the kind of loss.
+* Walltime-aware placement: a task with ``spec['walltime']`` (seconds) goes only to a manager whose
+  block has at least that long left (``info['walltime_left']`` at registration; none: no limit).
+  Such tasks wait in queues of their own (``timed``, by routing key), so tasks without a walltime
+  keep the O(1) path above; dispatching timed tasks scans the managers with room, as keyed tasks do.
+  One that no manager's remaining time fits for ``grace`` seconds is given up (``too_long``).
 """
 from __future__ import annotations
 
 import heapq
 import itertools
 from collections import OrderedDict, deque
-from math import ceil
+from math import ceil, inf
 from typing import Any, Deque, Dict, Iterable, List, Optional, Set, Tuple
 
 DEFAULT_KEY = None
@@ -38,7 +43,7 @@ class TaskRecord:
     """One task as the interchange holds it: identity, routing data and its opaque payload."""
 
     __slots__ = ("tid", "fid", "kind", "spec", "payload", "attempts", "manager", "key", "priority",
-                 "cancelled")
+                 "cancelled", "walltime")
 
     def __init__(self, tid: int, fid: bytes, kind: int, spec: Optional[dict], payload: Any):
         self.tid = tid
@@ -52,6 +57,9 @@ class TaskRecord:
         self.key = routing_key(spec)
         priority = spec.get("priority") if spec else None
         self.priority = priority if isinstance(priority, (int, float)) and not isinstance(priority, bool) else None
+        walltime = spec.get("walltime") if spec else None
+        # the client checked it (a number > 0); anything else is treated as no declared walltime
+        self.walltime = walltime if type(walltime) in (int, float) and walltime > 0 else None
 
 
 def routing_key(spec: Optional[dict]) -> Optional[str]:
@@ -70,7 +78,7 @@ class ManagerRecord:
     """A registered manager: its capacity, the tasks it holds and what it can run."""
 
     __slots__ = ("mid", "block_id", "workers", "capacity", "tasks", "last_seen", "active", "idle_since",
-                 "functions", "info", "keys", "warm")
+                 "functions", "info", "keys", "warm", "ends_at")
 
     def __init__(self, mid: bytes, block_id: str, workers: int, capacity: int, info: dict, now: float):
         self.mid = mid
@@ -87,6 +95,12 @@ class ManagerRecord:
         if info.get("accelerators"):
             self.keys.add("gpu")
         self.warm: Set[str] = set()          # container keys with a warm worker on this manager
+        # when its block ends, on the caller's clock: the seconds it had left when it registered
+        left = info.get("walltime_left")
+        self.ends_at = now + left if left is not None else inf
+
+    def time_left(self, now: float) -> float:
+        return self.ends_at - now
 
     def accepts(self, key: Optional[str]) -> bool:
         if key in self.keys:
@@ -106,6 +120,7 @@ class ManagerRecord:
             "last_heard": now - self.last_seen,        # seconds since its last message
             "active": self.active,
             "warm": sorted(self.warm),
+            "walltime_left": self.ends_at - now if self.ends_at != inf else None,
         }
 
 
@@ -166,6 +181,10 @@ class Scheduler:
         self._idle: "OrderedDict[bytes, ManagerRecord]" = OrderedDict()
         self._prefetch: "OrderedDict[bytes, ManagerRecord]" = OrderedDict()
         self._unroutable_since: Dict[Optional[str], float] = {}
+        # tasks with a walltime, by routing key (see the module docstring), and since when each
+        # queued one has fitted no manager's remaining time (``too_long``)
+        self.timed: Dict[Optional[str], _Queue] = {}
+        self._unfit_since: Dict[int, float] = {}
 
     # ---- tasks -------------------------------------------------------------------------------
     def submit(self, records: Iterable[TaskRecord]) -> List[TaskRecord]:
@@ -177,6 +196,9 @@ class Scheduler:
                 duplicates.append(rec)
                 continue
             tasks[rec.tid] = rec
+            if rec.walltime is not None:
+                self._queue_of(rec).push(rec)
+                continue
             q = queues.get(rec.key)
             if q is None:
                 q = queues[rec.key] = _Queue()
@@ -200,14 +222,22 @@ class Scheduler:
             rec = self.tasks.get(tid)
             if rec is not None and rec.manager is None and not rec.cancelled:
                 rec.cancelled = True
-                self.queues[rec.key].live -= 1
+                self._queue_of(rec).live -= 1
                 del self.tasks[tid]
                 cancelled.append(tid)
         return cancelled
 
     @property
     def queued(self) -> int:
-        return sum(q.live for q in self.queues.values())
+        return sum(q.live for q in itertools.chain(self.queues.values(), self.timed.values()))
+
+    def _queue_of(self, rec: TaskRecord) -> _Queue:
+        """The ready queue ``rec`` waits in (created on first use)."""
+        queues = self.queues if rec.walltime is None else self.timed
+        q = queues.get(rec.key)
+        if q is None:
+            q = queues[rec.key] = _Queue()
+        return q
 
     # ---- managers ----------------------------------------------------------------------------
     def register_manager(self, mid: bytes, block_id: str, workers: int, capacity: int, info: dict,
@@ -297,7 +327,7 @@ class Scheduler:
         if rec.attempts > self.max_retries:
             del self.tasks[rec.tid]
             return False
-        self.queues[rec.key].push(rec, front=True)
+        self._queue_of(rec).push(rec, front=True)
         return True
 
     def unroutable(self, now: float, grace: float) -> List[Tuple[str, List[TaskRecord]]]:
@@ -309,8 +339,9 @@ class Scheduler:
         are alike, so later ones would not accept the key either.
         """
         out = []
-        for key, q in self.queues.items():
-            if key is DEFAULT_KEY or not q.live:
+        for key in dict.fromkeys(itertools.chain(self.queues, self.timed)):
+            qs = [q for q in (self.queues.get(key), self.timed.get(key)) if q is not None and q.live]
+            if key is DEFAULT_KEY or not qs:
                 self._unroutable_since.pop(key, None)
                 continue
             if not self.managers or any(m.accepts(key) for m in self.managers.values()):
@@ -318,11 +349,44 @@ class Scheduler:
                 continue
             since = self._unroutable_since.setdefault(key, now)
             if now - since > grace:
-                recs = q.drain()
+                recs = [rec for q in qs for rec in q.drain()]
                 for rec in recs:
                     self.tasks.pop(rec.tid, None)
                 del self._unroutable_since[key]
                 out.append((key, recs))
+        return out
+
+    def too_long(self, now: float, grace: float) -> List[Tuple[TaskRecord, float]]:
+        """Tasks whose walltime has exceeded every active manager's remaining time for ``grace`` seconds.
+
+        Returns [(task, the longest remaining time of the managers that accept its key)], the tasks
+        taken out of their queues for the caller to fail.  The same grace as ``unroutable``: while no
+        active manager accepts a key nothing is judged, and a longer block that registers in time
+        takes the task.  O(timed tasks queued + managers); the caller runs it once per heartbeat.
+        """
+        out: List[Tuple[TaskRecord, float]] = []
+        unfit_since, self._unfit_since = self._unfit_since, {}
+        for key, q in self.timed.items():
+            if not q.live:
+                continue
+            lefts = [m.time_left(now) for m in self.managers.values() if m.active and m.accepts(key)]
+            if not lefts:
+                continue
+            longest = max(lefts)
+            kept = []
+            for rec in q.drain():
+                if rec.walltime <= longest:
+                    kept.append(rec)
+                    continue
+                since = unfit_since.get(rec.tid, now)
+                if now - since > grace:
+                    del self.tasks[rec.tid]
+                    out.append((rec, longest))
+                else:
+                    self._unfit_since[rec.tid] = since
+                    kept.append(rec)
+            for rec in kept:
+                q.push(rec)
         return out
 
     # ---- invariants --------------------------------------------------------------------------
@@ -332,7 +396,7 @@ class Scheduler:
         the hot path.  The invariants:
 
         * ownership: every task in ``tasks`` is either live in exactly one ready queue (the queue of
-          its routing key, with no owner) or held by exactly one registered manager (``rec.manager``,
+          its routing key, in ``timed`` iff it has a walltime, with no owner) or held by exactly one registered manager (``rec.manager``,
           and in that manager's ``tasks``), never both; nothing else is queued or held;
         * counts add up: each queue's ``live`` is the number of its uncancelled entries, and
           ``len(tasks) == queued + sum(tasks held by managers)``;
@@ -360,14 +424,17 @@ class Scheduler:
     def _validate_queues(self) -> Set[int]:
         """The ids of every live queued task, each checked to be queued once, where its key says."""
         queued: Set[int] = set()
-        for key, q in self.queues.items():
-            live = [rec for rec in itertools.chain(q.fifo, (e[2] for e in q.heap)) if not rec.cancelled]
-            _require(q.live == len(live), f"queue {key!r} counts {q.live} live tasks, holds {len(live)}")
-            for rec in live:
-                _require(rec.tid not in queued, f"task {rec.tid} is queued twice")
-                _require(self.tasks.get(rec.tid) is rec, f"queued task {rec.tid} is not in the task table")
-                _require(rec.key == key, f"task {rec.tid} of key {rec.key!r} queued under {key!r}")
-                queued.add(rec.tid)
+        for timed, queues in ((False, self.queues), (True, self.timed)):
+            for key, q in queues.items():
+                live = [rec for rec in itertools.chain(q.fifo, (e[2] for e in q.heap)) if not rec.cancelled]
+                _require(q.live == len(live), f"queue {key!r} counts {q.live} live tasks, holds {len(live)}")
+                for rec in live:
+                    _require(rec.tid not in queued, f"task {rec.tid} is queued twice")
+                    _require(self.tasks.get(rec.tid) is rec, f"queued task {rec.tid} is not in the task table")
+                    _require(rec.key == key, f"task {rec.tid} of key {rec.key!r} queued under {key!r}")
+                    _require((rec.walltime is not None) == timed,
+                             f"task {rec.tid} (walltime {rec.walltime}) in the wrong kind of queue")
+                    queued.add(rec.tid)
         return queued
 
     def _validate_managers(self) -> Dict[int, bytes]:
@@ -396,9 +463,15 @@ class Scheduler:
                      f"manager {mid!r}: wrong prefetch tier")
 
     # ---- dispatch ----------------------------------------------------------------------------
-    def dispatch(self) -> List[Tuple[ManagerRecord, List[TaskRecord]]]:
-        """Assign queued tasks to managers with room.  Returns [(manager, tasks)], one entry per manager."""
+    def dispatch(self, now: float = 0.0) -> List[Tuple[ManagerRecord, List[TaskRecord]]]:
+        """Assign queued tasks to managers with room.  Returns [(manager, tasks)], one entry per manager.
+
+        ``now`` (the clock ``register_manager`` was given) matters only to tasks with a walltime."""
         out: Dict[bytes, Tuple[ManagerRecord, List[TaskRecord]]] = {}
+        # timed tasks first: they are few, and fussier about where they go than the rest
+        for key, q in self.timed.items():
+            if q.live:
+                self._fill_timed(key, q, now, out)
         for key, q in self.queues.items():
             if not q.live:
                 continue
@@ -437,6 +510,39 @@ class Scheduler:
             if room > 0:
                 self._assign(m, q, room, out)
                 self._update_tier(m)
+
+    def _fill_timed(self, key: Optional[str], q: _Queue, now: float,
+                    out: Dict[bytes, Tuple[ManagerRecord, List[TaskRecord]]]) -> None:
+        # Each task goes to a manager with room and time enough: idle workers first, then the least
+        # loaded.  A task none fits now keeps its place.  The scan stops when every manager is full;
+        # otherwise it visits each queued timed task once: O(timed tasks x managers with room).
+        candidates = [m for m in self.managers.values()
+                      if m.active and len(m.tasks) < m.capacity and m.accepts(key)]
+        kept = []
+        while candidates and q.live:
+            rec = q.pop()
+            fits = [m for m in candidates if m.time_left(now) >= rec.walltime]
+            if not fits:
+                kept.append(rec)
+                continue
+            m = min(fits, key=lambda m: (len(m.tasks) >= m.workers, len(m.tasks)))
+            self._give(m, rec, out)
+            if len(m.tasks) >= m.capacity:
+                candidates.remove(m)
+        for rec in reversed(kept):      # back where they were, in their order
+            q.push(rec, front=True)
+
+    def _give(self, m: ManagerRecord, rec: TaskRecord,
+              out: Dict[bytes, Tuple[ManagerRecord, List[TaskRecord]]]) -> None:
+        """Assign one task (``_assign`` takes n from a queue's front)."""
+        entry = out.get(m.mid)
+        if entry is None:
+            entry = out[m.mid] = (m, [])
+        entry[1].append(rec)
+        rec.manager = m.mid
+        m.tasks.add(rec.tid)
+        m.idle_since = None
+        self._update_tier(m)
 
     def _assign(self, m: ManagerRecord, q: _Queue, n: int,
                 out: Dict[bytes, Tuple[ManagerRecord, List[TaskRecord]]]) -> None:

@@ -30,7 +30,7 @@ def _validated(method):
 
 
 for _name in ("submit", "cancel", "register_manager", "set_capacity", "set_warm", "deactivate", "remove_manager",
-              "expired", "touch", "complete", "worker_lost", "unroutable", "dispatch"):
+              "expired", "touch", "complete", "worker_lost", "unroutable", "too_long", "dispatch"):
     setattr(CheckedScheduler, _name, _validated(getattr(Scheduler, _name)))
 
 
@@ -252,6 +252,120 @@ def test_a_capable_manager_keeps_keyed_tasks_waiting():
     assert s.unroutable(1000, 5) == [] and s.queued == 1
 
 
+# ---- walltime-aware placement -------------------------------------------------------------------
+def _two_blocks(short_left=100, long_left=3600, now=0):
+    s = CheckedScheduler()
+    s.register_manager(b"short", "0", 4, 4, {"walltime_left": short_left}, now)
+    s.register_manager(b"long", "1", 4, 4, {"walltime_left": long_left}, now)
+    return s
+
+
+def test_a_task_longer_than_a_block_has_left_goes_only_to_a_longer_block():
+    s = _two_blocks()
+    s.submit(tasks(range(3), {"walltime": 600}))
+    out = s.dispatch(now=10)
+    assert [(m.mid, [r.tid for r in batch]) for m, batch in out] == [(b"long", [0, 1, 2])]
+
+
+def test_a_short_task_may_go_to_either_block():
+    s = _two_blocks()
+    s.submit(tasks(range(8), {"walltime": 30}))
+    s.dispatch(now=10)
+    assert [len(t) for t in held_by(s).values()] == [4, 4]     # idle workers on both blocks
+
+
+@pytest.mark.parametrize("now, placed", [(30, [1]), (50, [])])
+def test_time_left_is_counted_from_registration(now, placed):
+    s = CheckedScheduler()
+    s.register_manager(b"short", "0", 1, 1, {"walltime_left": 100}, 0)
+    s.submit(tasks([1], {"walltime": 60}))
+    s.dispatch(now=now)                 # 70 s left: it fits; 50 s left: it does not
+    assert held_by(s) == {b"short": placed}
+
+
+def test_a_waiting_timed_task_keeps_its_place_and_untimed_tasks_pass_it():
+    s = _two_blocks(short_left=100, long_left=100)
+    s.submit(tasks([1], {"walltime": 600}))          # fits neither block
+    s.submit(tasks([2], {"walltime": 5}))
+    s.submit(tasks([3]))
+    s.dispatch(now=0)
+    assert 1 not in set().union(*held_by(s).values()) and {2, 3} <= set().union(*held_by(s).values())
+    assert s.queued == 1
+
+
+def test_a_task_no_block_can_fit_fails_after_the_grace_period_naming_the_longest_time_left():
+    s = _two_blocks(short_left=100, long_left=300, now=0)
+    s.submit(tasks([1], {"walltime": 600}))
+    s.submit(tasks([2], {"walltime": 200}))
+    assert s.too_long(10, 5) == []                  # the grace period starts now
+    s.dispatch(now=10)                              # task 2 fits the long block
+    assert s.too_long(14, 5) == []
+    (rec, longest), = s.too_long(16, 5)
+    assert rec.tid == 1 and longest == 300 - 16
+    assert 1 not in s.tasks and s.queued == 0
+
+
+def test_a_longer_block_that_registers_within_the_grace_period_takes_the_task():
+    s = _two_blocks(short_left=100, long_left=300)
+    s.submit(tasks([1], {"walltime": 600}))
+    assert s.too_long(10, 5) == []
+    s.register_manager(b"longer", "2", 1, 1, {"walltime_left": 1000}, 12)
+    assert s.too_long(20, 5) == []
+    s.dispatch(now=20)
+    assert held_by(s)[b"longer"] == [1]
+
+
+def test_timed_tasks_wait_while_no_manager_is_registered_and_blocks_without_a_limit_take_any():
+    s = CheckedScheduler()
+    s.submit(tasks([1], {"walltime": 10 ** 6}))
+    assert s.too_long(1000, 5) == [] and s.dispatch(now=1000) == []
+    s.register_manager(b"nolimit", "0", 1, 1, {}, 1000)
+    s.dispatch(now=1001)
+    assert held_by(s) == {b"nolimit": [1]}
+
+
+def test_timed_keyed_tasks_respect_both_key_and_time():
+    s = CheckedScheduler()
+    s.register_manager(b"cpu_long", "0", 2, 2, {"walltime_left": 1000}, 0)
+    s.register_manager(b"gpu_short", "1", 2, 2, {"walltime_left": 50, "accelerators": ["0"]}, 0)
+    s.register_manager(b"gpu_long", "2", 2, 2, {"walltime_left": 1000, "accelerators": ["0"]}, 0)
+    s.submit(tasks([1], {"walltime": 100, "gpus": 1}))
+    s.dispatch(now=0)
+    assert held_by(s)[b"gpu_long"] == [1]
+    # a GPU task with a walltime, and no GPU manager at all: failed as unroutable, as without walltime
+    s2 = CheckedScheduler()
+    s2.register_manager(b"cpu", "0", 1, 1, {}, 0)
+    s2.submit(tasks([1], {"walltime": 10, "gpus": 1}))
+    assert s2.unroutable(1, 5) == []
+    (key, recs), = s2.unroutable(7, 5)
+    assert key == "gpu" and [r.tid for r in recs] == [1]
+
+
+def test_a_timed_task_requeued_after_a_loss_waits_in_the_timed_queue():
+    s = _two_blocks()
+    s.submit(tasks([1], {"walltime": 600}))
+    s.dispatch(now=0)
+    requeued, failed = s.remove_manager(b"long", 1)
+    assert [r.tid for r in requeued] == [1] and s.timed[None].live == 1
+    assert s.dispatch(now=1) == []                  # the short block is still too short
+    assert s.cancel([1]) == [1] and s.queued == 0
+
+
+def test_untimed_dispatch_does_not_scan_managers():
+    """The hot path: tasks without a walltime never touch the timed code (no per-task manager scan)."""
+    s = Scheduler()
+    for i in range(100_000):
+        s.register_manager(b"m%d" % i, str(i), 1, 1, {"walltime_left": 3600}, 0)
+    s.submit(tasks(range(1000)))
+    t0 = time.perf_counter()
+    for _ in range(1000):
+        s.dispatch(now=1)
+    elapsed = time.perf_counter() - t0
+    s.validate()
+    assert s.queued == 0 and not s.timed
+    assert elapsed < 0.5, f"dispatching 1000 untimed tasks over 100k managers took {elapsed:.3f}s"
+
+
 # ---- validate() itself: each invariant it guards, broken on purpose ----------------------------------
 def _busy_scheduler():
     s = CheckedScheduler()
@@ -298,8 +412,14 @@ def _lose_idle_since(s):
     s.managers[b"a"].idle_since = 5.0
 
 
+def _timed_task_in_untimed_queue(s):
+    rec = s.queues[None].fifo[0]
+    rec.walltime = 60
+
+
 @pytest.mark.parametrize("corrupt", [_hold_elsewhere, _orphan, _queue_held_task, _miscount_queue,
-                                     _forget_queued_task, _wrong_tier, _shrink_capacity, _lose_idle_since])
+                                     _forget_queued_task, _wrong_tier, _shrink_capacity, _lose_idle_since,
+                                     _timed_task_in_untimed_queue])
 def test_validate_detects_each_broken_invariant(corrupt):
     s = _busy_scheduler()
     s.validate()
@@ -312,7 +432,9 @@ def test_validate_detects_each_broken_invariant(corrupt):
 hypothesis = pytest.importorskip("hypothesis")
 st = hypothesis.strategies
 
-_submit = st.tuples(st.just("submit"), st.integers(0, 15), st.sampled_from([None, {"priority": 1}, {"gpus": 1}]))
+_submit = st.tuples(st.just("submit"), st.integers(0, 15), st.sampled_from([None, {"priority": 1}, {"gpus": 1}, {"walltime": 5},
+                                                        {"walltime": 50, "priority": 1},
+                                                        {"walltime": 30, "gpus": 1}]))
 _dispatch = st.tuples(st.just("dispatch"))
 _event = st.one_of(     # submit and dispatch listed twice: drawn more often, so that managers hold tasks
     _submit, _submit, _dispatch, _dispatch,
@@ -324,6 +446,7 @@ _event = st.one_of(     # submit and dispatch listed twice: drawn more often, so
     st.tuples(st.just("capacity"), st.integers(0, 2), st.integers(0, 6)),
     st.tuples(st.just("deactivate"), st.integers(0, 2)),
     st.tuples(st.just("unroutable"), st.integers(0, 20)),
+    st.tuples(st.just("too_long"), st.integers(0, 20)),
 )
 
 
@@ -332,9 +455,12 @@ def _apply(s, event, now):
     if op == "submit":
         s.submit(tasks([a[0]], a[1]))
     elif op == "register" and b"m%d" % a[0] not in s.managers:
-        s.register_manager(b"m%d" % a[0], "0", a[1], a[1] + 1, {"accelerators": ["0"]} if a[0] != 1 else {}, now)
+        info = {"accelerators": ["0"]} if a[0] != 1 else {}
+        if a[0] != 2:                  # m2's block has no end; m0 and m1 have 20 or 60 s left
+            info["walltime_left"] = 20 if a[0] == 0 else 60
+        s.register_manager(b"m%d" % a[0], "0", a[1], a[1] + 1, info, now)
     elif op == "dispatch":
-        s.dispatch()
+        s.dispatch(now)
     elif op in ("complete", "worker_lost"):
         m = s.managers.get(b"m%d" % a[0])
         held = sorted(m.tasks) if m is not None else []
@@ -351,6 +477,8 @@ def _apply(s, event, now):
         s.deactivate(b"m%d" % a[0])
     elif op == "unroutable":
         s.unroutable(now, a[0])
+    elif op == "too_long":
+        s.too_long(now, a[0])
 
 
 @hypothesis.settings(max_examples=300, deadline=None)
