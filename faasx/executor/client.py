@@ -24,7 +24,9 @@ interchange dies, the link reaches end of file at once and every pending future 
 returns promptly.
 
 Back-pressure: at most ``window`` tasks are outstanding at the interchange; the rest wait in the
-outbox (they are the caller's own objects already), so the interchange's memory stays bounded.
+outbox (they are the caller's own objects already), so the interchange's memory stays bounded.  The
+window follows the workers' capacity: it is the larger of the configured one and ``WINDOW_PER_WORKER``
+tasks per connected worker, so 131,072 workers are never starved by a window smaller than their count.
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ SEND_BATCH = 8192            # tasks per TASKS message at most
 IC_CHECK_PERIOD = 0.2        # how often the I/O thread looks at the interchange process
 DIRECT_MAX_BYTES = 64 << 10  # a caller writes a lone task itself only if it is this small
 LINK_BUFFER = 4 << 20        # socket buffer asked for on the client link (the kernel may cap it)
+WINDOW_PER_WORKER = 2        # tasks outstanding per connected worker: one running, one queued behind it
 
 
 class TaskFuture(Future):
@@ -210,7 +213,10 @@ class EngineClient:
         self.heartbeat_period = heartbeat_period
         self.heartbeat_threshold = heartbeat_threshold
         self.max_payload_size = max_payload_size
-        self.window = window
+        self.window = window             # read by the I/O thread and the callers; set by the I/O thread
+        self._base_window = window
+        self._manager_workers: Dict[str, int] = {}   # connected manager -> its workers (I/O thread)
+        self._total_workers = 0
         self.debug = debug
         self.on_fatal = on_fatal
 
@@ -702,10 +708,12 @@ class EngineClient:
         kind = body.get("kind")
         if kind == "registered":
             self.managers_connected += 1
+            self._track_workers(body.get("manager"), body.get("workers"))
             logger.info("executor %s: manager %s of block %s connected with %s workers", self.label,
                         body.get("manager"), body.get("block_id"), body.get("workers"))
         elif kind == "lost":
             self.managers_connected = max(0, self.managers_connected - 1)
+            self._track_workers(body.get("manager"), None)
             # a manager leaving idle (scale-in, shutdown, drain) is routine; one that took tasks with it is not
             affected = (body.get("requeued") or 0) + (body.get("failed") or 0)
             logger.log(logging.WARNING if affected else logging.INFO,
@@ -721,6 +729,16 @@ class EngineClient:
                 err = VersionMismatch("manager " + str(body.get("manager")), body.get("interchange_versions") or {},
                                       theirs if isinstance(theirs, dict) else {})
                 self._fail_pending(err)
+
+    def _track_workers(self, manager: Any, workers: Any) -> None:
+        """A manager came (with ``workers``) or went (None): the window follows the workers connected."""
+        gone = self._manager_workers.pop(str(manager), 0)
+        if isinstance(workers, int) and workers > 0:
+            self._manager_workers[str(manager)] = workers
+        else:
+            workers = 0
+        self._total_workers += workers - gone
+        self.window = max(self._base_window, WINDOW_PER_WORKER * self._total_workers)
 
     # ---- failure and shutdown ----------------------------------------------------------------
     def _fail_pending(self, exc: BaseException) -> None:

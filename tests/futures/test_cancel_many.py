@@ -18,9 +18,11 @@ WINDOW = 300
 def test_cancel_many_pending_sends_nothing_new_and_one_cancel(run_dir, release, tmp_path):
     ex = faasx.Executor(max_workers_per_node=1, run_dir=run_dir, **FAST_HEARTBEATS)
     client = ex.executor._client
-    client.window = WINDOW          # most of the N tasks then wait in the client, as a million would
     running = ex.submit(gated, release.path, str(tmp_path / "running"), 7)
     wait_for(running.running, 30, what="the gated task to be running()")
+    # after the manager registered (its event sets the window from the workers): most of the N
+    # tasks then wait in the client, as most of a million would
+    client.window = WINDOW
     queued = [ex.submit(mark, str(tmp_path / "queued"), i) for i in range(N)]
     wait_for(lambda: client._in_flight >= WINDOW, 30, what="the client's window to fill")
     sent_before = client.stats["submitted"]
