@@ -306,8 +306,12 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
         })
         self._memo = MemoStore(self.memo_store)
         self._client.memo_store = self._memo
+        # the ipc socket is a file: offered to a local block's managers only.  A manager on another host
+        # cannot connect to it even through a shared file system, but one in another network namespace of
+        # this host (a test "node") could, and would skip the network it is meant to use
+        local = addresses == [self.loopback_address]
         self._launch_template = self._build_launch_cmd(addresses, ports["manager_port"], cert_dir,
-                                                       ports.get("manager_ipc"))
+                                                       ports.get("manager_ipc") if local else None)
         self._control: Optional[ControlServer] = ControlServer(self)   # what `faasx status` asks (faasx.cli)
         try:
             self._control.start()
