@@ -107,6 +107,7 @@ class ControlServer:
         sock.listen(8)
         sock.setblocking(False)
         self._sock = sock
+        self._wake_r, self._wake_w = os.pipe()   # stop() writes here so the thread need not time out
         self._thread = threading.Thread(target=self._serve, name=f"faasx-control-{self.executor.label}",
                                         daemon=True)
         self._thread.start()
@@ -116,8 +117,11 @@ class ControlServer:
         if self._thread is None:
             return
         self._stop.set()
+        os.write(self._wake_w, b"x")
         self._thread.join(10)
         self._thread = None
+        os.close(self._wake_r)
+        os.close(self._wake_w)
         with contextlib.suppress(Exception):
             self._last = self.snapshot()
         if self._sock is not None:
@@ -142,8 +146,8 @@ class ControlServer:
         assert self._sock is not None
         while not self._stop.is_set():
             self._sample()
-            ready, _, _ = select.select([self._sock], [], [], 1.0)
-            if not ready:
+            ready, _, _ = select.select([self._sock, self._wake_r], [], [], 1.0)
+            if self._sock not in ready:
                 continue
             try:
                 conn, _ = self._sock.accept()
