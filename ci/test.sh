@@ -23,7 +23,10 @@ as_root apt-get update -q >/dev/null
 as_root apt-get install -y -q --no-install-recommends \
     slurmctld slurmd slurm-client munge slurm-wlm-torque \
     podman runc busybox-static iproute2 util-linux procps \
-    openmpi-bin libopenmpi-dev mpich libmpich-dev >/dev/null
+    openmpi-bin libopenmpi-dev mpich libmpich-dev \
+    python3-zmq python3-msgpack >/dev/null
+# python3-zmq/-msgpack: tests/security's attacker runs as user nobody with the system's /usr/bin/python3
+# (the test interpreter may live under /root, which nobody cannot enter)
 
 echo "== python packages"
 PY=${PYTHON:-python3}
