@@ -22,8 +22,9 @@ from faasx.errors import InvalidResourceSpecification
 from faasx.executor.mpi import MPI_LAUNCHERS, MPI_RESOURCE_KEYS, parse_mpi_spec
 from faasx.executor.parsl_executor import FaaSExecutor
 
-#: what an MPI task's resource specification may carry: Parsl's MPI keys, and faasx's priority and memoize
-MPI_ACCEPTED_KEYS = MPI_RESOURCE_KEYS | {"priority", "memoize"}
+#: what an MPI task's resource specification may carry: Parsl's MPI keys, and faasx's priority, memoize and
+#: walltime (seconds: the task is stopped and its nodes return to the pool)
+MPI_ACCEPTED_KEYS = MPI_RESOURCE_KEYS | {"priority", "memoize", "walltime"}
 
 
 class InvalidMPIResourceSpecification(InvalidResourceSpecification):
@@ -52,8 +53,8 @@ class MPIExecutor(FaaSExecutor):
             return "$PARSL_MPI_PREFIX ./hello_mpi"     # mpiexec -n 8 -ppn 4 -hosts node1,node2 ./hello_mpi
 
     Resource keys, as in Parsl: ``num_nodes`` (default 1), ``ranks_per_node``, ``num_ranks`` (one is
-    derived from the other), ``launcher_options`` (appended to the prefix); also ``priority`` and
-    ``memoize``.  The task's environment gets ``PARSL_MPI_PREFIX`` (the prefix of ``mpi_launcher``),
+    derived from the other), ``launcher_options`` (appended to the prefix); also ``priority``,
+    ``memoize`` and ``walltime``.  The task's environment gets ``PARSL_MPI_PREFIX`` (the prefix of ``mpi_launcher``),
     ``PARSL_MPIEXEC_PREFIX``, ``PARSL_SRUN_PREFIX``, ``PARSL_APRUN_PREFIX``, ``PARSL_NUM_NODES``,
     ``PARSL_RANKS_PER_NODE``, ``PARSL_NUM_RANKS``, ``PARSL_MPI_NODELIST`` and ``PARSL_LAUNCHER_OPTIONS``.
 
@@ -130,12 +131,13 @@ class MPIExecutor(FaaSExecutor):
                 f"the task asks for num_nodes={mpi['num_nodes']} but the blocks of executor {self.label} have "
                 f"{self.nodes_per_block} node(s) (the provider's nodes_per_block): it could never run. Ask for "
                 f"fewer nodes or raise nodes_per_block"))
-        super().validate_resource_spec({k: v for k, v in spec.items() if k == "priority"})
+        super().validate_resource_spec({k: v for k, v in spec.items() if k in ("priority", "walltime")})
 
     def _routing_spec(self, resource_specification: dict) -> Optional[dict]:  # type: ignore[override]
         spec = {"mpi": parse_mpi_spec(resource_specification)}
-        if resource_specification.get("priority") is not None:
-            spec["priority"] = resource_specification["priority"]
+        for key in ("priority", "walltime"):
+            if resource_specification.get(key) is not None:
+                spec[key] = resource_specification[key]
         return spec
 
     def submit(self, func: Callable, resource_specification: Optional[dict], *args: Any, **kwargs: Any):
