@@ -280,8 +280,12 @@ class MpiWorkerTable(WorkerTable):
             self._place_waiting()
 
     def remove(self, wid: int) -> List[Task]:
+        """A worker is gone: the nodes of what it held go back -- its lost tasks, and a task the manager
+        took off it before stopping it (a walltime or ``terminate()``), which is in no queue or slot now."""
         lost = super().remove(wid)
-        if any([self.pool.release(task[0]) for task in lost]):
+        live = {t[0] for t in self.queue} | {tid for s in self.slots.values() for tid in s.tasks}
+        orphans = [tid for tid in self.pool.held if tid not in live]
+        if [self.pool.release(tid) for tid in orphans]:
             self._place_waiting()
         return lost
 

@@ -143,6 +143,14 @@ def test_a_cancelled_task_waiting_for_nodes_never_runs(ex, tmp_path):
     assert not os.path.exists(ran)
 
 
+def test_a_task_past_its_walltime_is_stopped_and_its_nodes_return(ex, tmp_path):
+    from faasx.errors import TaskTimeout
+    with pytest.raises(TaskTimeout):
+        submit(ex, hold_until, {"num_nodes": 2, "walltime": 0.5}, str(tmp_path / "never")).result(60)
+    env, _, _ = submit(ex, placement, {"num_nodes": 2}).result(60)
+    assert env["PARSL_MPI_NODELIST"] == "fake1,fake2"
+
+
 def test_a_failing_command_is_a_result_with_its_output(ex):
     r = ex.submit(ShellFunction("echo out; echo err >&2; exit 7")).result(60)
     assert isinstance(r, ShellResult) and (r.returncode, r.stdout, r.stderr) == (7, "out\n", "err\n")

@@ -168,6 +168,20 @@ def test_nodes_of_a_crashed_task_go_back_to_the_pool():
     assert nodes == {2: ["n1", "n2"]}
 
 
+def test_nodes_of_a_task_stopped_by_the_manager_go_back_with_its_worker():
+    """The manager's stop_task (walltime, terminate()) takes the task off its slot, then removes the worker."""
+    t = table()
+    t.enqueue([task(1, num_nodes=2), task(2, num_nodes=1)])
+    nodes, where = placed(t)
+    assert nodes == {1: ["n1", "n2"]}
+    t.slots[where[1]].tasks.pop(1)
+    assert t.remove(where[1]) == []
+    t.add(9)
+    t.mark_ready(9, 2.0)
+    nodes, _ = placed(t, 2.0)
+    assert nodes == {2: ["n1"]}
+
+
 def test_no_more_tasks_hold_nodes_than_there_are_workers():
     t = table(nodes=("n1", "n2", "n3"), workers=2)
     t.enqueue([task(i, num_nodes=1) for i in (1, 2, 3)])
