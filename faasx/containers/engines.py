@@ -129,15 +129,27 @@ def validate_container_spec(spec: Any) -> dict:
     if unknown:
         raise InvalidContainerSpec(
             f"container spec has unknown key(s) {unknown}: the accepted keys are {list(_SPEC_KEYS)}")
-    ctype = spec.get("type")
+    ctype = _spec_type(spec.get("type"))
+    image = _spec_image(ctype, spec.get("image"))
+    norm = {"type": ctype, "image": image, "options": _normalize_options(spec.get("options"))}
+    if "key" in spec and spec["key"] != container_key(norm):
+        # a spec carried along with its routing key (as the engine stores it) must still match it
+        raise InvalidContainerSpec(f"container spec's 'key' {spec['key']!r} does not match its contents "
+                                   f"(expected {container_key(norm)!r})")
+    return norm
+
+
+def _spec_type(ctype: Any) -> str:
     if not isinstance(ctype, str) or not ctype.strip():
         raise InvalidContainerSpec(
             f"container spec needs a 'type', one of {list(CONTAINER_TYPES)}; got {ctype!r}")
-    ctype = ctype.strip().lower()
-    if ctype not in CONTAINER_TYPES:
+    if ctype.strip().lower() not in CONTAINER_TYPES:
         raise InvalidContainerSpec(
-            f"unknown container type {spec['type']!r}: use one of {list(CONTAINER_TYPES)}")
-    image = spec.get("image")
+            f"unknown container type {ctype!r}: use one of {list(CONTAINER_TYPES)}")
+    return ctype.strip().lower()
+
+
+def _spec_image(ctype: str, image: Any) -> str:
     if not isinstance(image, str) or not image.strip():
         raise InvalidContainerSpec(
             f"container spec of type {ctype!r} needs an 'image' (e.g. 'docker.io/library/python:3.11' or, "
@@ -148,12 +160,7 @@ def validate_container_spec(spec: Any) -> dict:
     if image.startswith("-"):
         # would be parsed as an engine option, not as the image
         raise InvalidContainerSpec(f"container image {image!r} must not start with '-'")
-    norm = {"type": ctype, "image": image, "options": _normalize_options(spec.get("options"))}
-    if "key" in spec and spec["key"] != container_key(norm):
-        # a spec carried along with its routing key (as the engine stores it) must still match it
-        raise InvalidContainerSpec(f"container spec's 'key' {spec['key']!r} does not match its contents "
-                                   f"(expected {container_key(norm)!r})")
-    return norm
+    return image
 
 
 def _normalize_options(options: Any) -> list:
@@ -194,32 +201,35 @@ def normalize_binds(binds: Iterable[Bind], *, engine: str = "podman") -> list:
     to docker/podman, which is never what a faasx bind wants.  Paths containing ``:`` (every engine's
     separator) or, for Apptainer/Singularity, ``,`` (its list separator) are rejected.
     """
-    out = []
-    for bind in binds:
-        if isinstance(bind, str):
-            parts = bind.split(":")
-            if len(parts) == 1:
-                parts = [parts[0], parts[0]]
-        elif isinstance(bind, (list, tuple)) and all(isinstance(p, str) for p in bind):
-            parts = list(bind)
-            for p in parts[:2]:
-                if ":" in p:
-                    raise InvalidContainerSpec(f"bind path {p!r} contains ':', which container engines "
-                                               "use as the source:destination separator")
-        else:
-            raise InvalidContainerSpec(f"bind {bind!r} must be a path, 'src:dst[:opts]' or a (src, dst[, opts]) "
-                                       "tuple")
-        if len(parts) not in (2, 3) or not all(parts[:2]):
-            raise InvalidContainerSpec(f"bind {bind!r} is not 'src', 'src:dst' or 'src:dst:opts'")
-        for p in parts[:2]:
-            if not os.path.isabs(p):
-                raise InvalidContainerSpec(f"bind path {p!r} in {bind!r} must be absolute")
-        if engine in ("apptainer", "singularity") and any("," in p for p in parts):
-            raise InvalidContainerSpec(f"bind {bind!r} contains ',', which {engine} uses to separate binds")
-        if len(parts) == 3 and not parts[2]:
-            parts = parts[:2]
-        out.append(":".join(parts))
-    return out
+    return [_normalize_bind(bind, engine) for bind in binds]
+
+
+def _bind_parts(bind: Bind) -> list:
+    """A bind as [src, dst] or [src, dst, opts] (paths unchecked)."""
+    if isinstance(bind, str):
+        parts = bind.split(":")
+        return [parts[0], parts[0]] if len(parts) == 1 else parts
+    if isinstance(bind, (list, tuple)) and all(isinstance(p, str) for p in bind):
+        for p in bind[:2]:
+            if ":" in p:
+                raise InvalidContainerSpec(f"bind path {p!r} contains ':', which container engines "
+                                           "use as the source:destination separator")
+        return list(bind)
+    raise InvalidContainerSpec(f"bind {bind!r} must be a path, 'src:dst[:opts]' or a (src, dst[, opts]) tuple")
+
+
+def _normalize_bind(bind: Bind, engine: str) -> str:
+    parts = _bind_parts(bind)
+    if len(parts) not in (2, 3) or not all(parts[:2]):
+        raise InvalidContainerSpec(f"bind {bind!r} is not 'src', 'src:dst' or 'src:dst:opts'")
+    for p in parts[:2]:
+        if not os.path.isabs(p):
+            raise InvalidContainerSpec(f"bind path {p!r} in {bind!r} must be absolute")
+    if engine in ("apptainer", "singularity") and any("," in p for p in parts):
+        raise InvalidContainerSpec(f"bind {bind!r} contains ',', which {engine} uses to separate binds")
+    if len(parts) == 3 and not parts[2]:
+        parts = parts[:2]
+    return ":".join(parts)
 
 
 def _environment(env: Optional[Mapping[str, str]], environ: Optional[Mapping[str, str]],
@@ -281,12 +291,21 @@ def container_command(spec: Any, inner_argv: Sequence[str], *, binds: Iterable[B
     """
     norm = validate_container_spec(spec)
     inner = [str(a) for a in inner_argv]
-    if not inner:
-        raise InvalidContainerSpec("container_command needs a command to run in the container")
-    ctype, image, options = norm["type"], norm["image"], norm["options"]
+    ctype = norm["type"]
+    _check_command_args(ctype, inner, workdir, preserve_fds)
     exe = executable or ctype
     mounts = normalize_binds(binds, engine=ctype)
     variables = _environment(env, environ, passthrough)
+    if ctype in ("podman", "docker"):
+        return _oci_argv(norm, exe, inner, mounts, variables, workdir, name, preserve_fds)
+    if ctype in ("apptainer", "singularity"):
+        return _apptainer_argv(norm, exe, inner, mounts, variables, workdir)
+    return _shifter_argv(norm, exe, inner, mounts, variables, workdir)
+
+
+def _check_command_args(ctype: str, inner: list, workdir: Optional[str], preserve_fds: Any) -> None:
+    if not inner:
+        raise InvalidContainerSpec("container_command needs a command to run in the container")
     if workdir is not None and not os.path.isabs(workdir):
         raise InvalidContainerSpec(f"workdir {workdir!r} must be an absolute path")
     if not isinstance(preserve_fds, int) or preserve_fds < 0:
@@ -294,34 +313,44 @@ def container_command(spec: Any, inner_argv: Sequence[str], *, binds: Iterable[B
     if preserve_fds and ctype != "podman":
         raise InvalidContainerSpec(f"preserve_fds is a podman option; {ctype} cannot pass file descriptors that way")
 
-    if ctype in ("podman", "docker"):
-        argv = [exe, "run", "--rm", "-i", "--network=host", "--security-opt=label=disable",
-                f"--label=faasx.container_key={container_key(norm)}"]
-        if name:
-            argv.append(f"--name={name}")
-        if preserve_fds:
-            argv.append(f"--preserve-fds={preserve_fds}")
-        argv += [f"--volume={m}" for m in mounts]
-        argv += [f"--env={k}={v}" for k, v in variables.items()]
-        if workdir:
-            argv.append(f"--workdir={workdir}")
-        argv += options
-        # The forwarder needs /bin/sh in the image; every image that can run a Python worker has one.
-        return argv + [image, "/bin/sh", "-c", SIGNAL_FORWARDER, "faasx-init"] + inner
 
-    if ctype in ("apptainer", "singularity"):
-        # APPTAINERENV_X / SINGULARITYENV_X reach the container even under --cleanenv or --containall,
-        # which an option list may add; ``env`` (coreutils) sets them without a shell.
-        prefix = "SINGULARITYENV_" if os.path.basename(exe).startswith("singularity") else "APPTAINERENV_"
-        argv = (["env"] + [f"{prefix}{k}={v}" for k, v in variables.items()]) if variables else []
-        argv += [exe, "exec"]
-        argv += [f"--bind={m}" for m in mounts]
-        if workdir:
-            argv.append(f"--pwd={workdir}")
-        return argv + options + [image] + inner
+def _oci_argv(norm: dict, exe: str, inner: list, mounts: list, variables: dict, workdir: Optional[str],
+              name: Optional[str], preserve_fds: int) -> list:
+    """podman / docker ``run``."""
+    argv = [exe, "run", "--rm", "-i", "--network=host", "--security-opt=label=disable",
+            f"--label=faasx.container_key={container_key(norm)}"]
+    if name:
+        argv.append(f"--name={name}")
+    if preserve_fds:
+        argv.append(f"--preserve-fds={preserve_fds}")
+    argv += [f"--volume={m}" for m in mounts]
+    argv += [f"--env={k}={v}" for k, v in variables.items()]
+    if workdir:
+        argv.append(f"--workdir={workdir}")
+    argv += norm["options"]
+    # The forwarder needs /bin/sh in the image; every image that can run a Python worker has one.
+    return argv + [norm["image"], "/bin/sh", "-c", SIGNAL_FORWARDER, "faasx-init"] + inner
 
-    # shifter: it keeps the caller's environment (its --env option is a no-op in released versions), so
-    # the variables are set on the shifter process itself.
+
+def _apptainer_argv(norm: dict, exe: str, inner: list, mounts: list, variables: dict,
+                    workdir: Optional[str]) -> list:
+    """apptainer / singularity ``exec``."""
+    # APPTAINERENV_X / SINGULARITYENV_X reach the container even under --cleanenv or --containall,
+    # which an option list may add; ``env`` (coreutils) sets them without a shell.
+    prefix = "SINGULARITYENV_" if os.path.basename(exe).startswith("singularity") else "APPTAINERENV_"
+    argv = (["env"] + [f"{prefix}{k}={v}" for k, v in variables.items()]) if variables else []
+    argv += [exe, "exec"]
+    argv += [f"--bind={m}" for m in mounts]
+    if workdir:
+        argv.append(f"--pwd={workdir}")
+    return argv + norm["options"] + [norm["image"]] + inner
+
+
+def _shifter_argv(norm: dict, exe: str, inner: list, mounts: list, variables: dict,
+                  workdir: Optional[str]) -> list:
+    """shifter: it keeps the caller's environment (its --env option is a no-op in released versions), so
+    the variables are set on the shifter process itself."""
+    image = norm["image"]
     if not image.startswith(_SHIFTER_IMAGE_TYPES):
         image = "docker:" + image
     argv = (["env"] + [f"{k}={v}" for k, v in variables.items()]) if variables else []
@@ -329,4 +358,4 @@ def container_command(spec: Any, inner_argv: Sequence[str], *, binds: Iterable[B
     argv += [f"--volume={m}" for m in mounts]
     if workdir:
         argv.append(f"--workdir={workdir}")
-    return argv + options + ["--"] + inner
+    return argv + norm["options"] + ["--"] + inner
