@@ -104,7 +104,7 @@ class ContainerWorkers:
             return error
         ctype = self.specs[key]["type"]
         if ctype not in self.runtimes:
-            return (f"task {task[0]} needs a {ctype} container but {ctype} is not on PATH on "
+            return (f"task {task.tid} needs a {ctype} container but {ctype} is not on PATH on "
                     f"{self.hostname} (found: {self.runtimes or 'no container engine'}). Fix: install "
                     f"{ctype} on the compute nodes or load its module before the manager starts")
         if key in self.broken:
@@ -115,9 +115,9 @@ class ContainerWorkers:
         return None
 
     def _learn_spec(self, task, key: str) -> Optional[str]:
-        raw = task[3].get("container_spec")
+        raw = task.spec.get("container_spec")
         if raw is None:
-            return (f"task {task[0]} names container {key!r} but not its spec; register the function with "
+            return (f"task {task.tid} names container {key!r} but not its spec; register the function with "
                     "register_function(fn, container={'type': ..., 'image': ...}) instead of giving a "
                     "bare container key")
         try:
@@ -125,7 +125,7 @@ class ContainerWorkers:
             if raw.get("key", key) != key:
                 raise InvalidContainerSpec(f"the spec's key {raw.get('key')!r} is not the task's {key!r}")
         except InvalidContainerSpec as e:
-            return f"task {task[0]}: invalid container spec: {e}"
+            return f"task {task.tid}: invalid container spec: {e}"
         self.specs[key] = spec
         return None
 
@@ -134,9 +134,9 @@ class ContainerWorkers:
             return
         from faasx.executor.serialization import serialize_exception
         for task in tasks:
-            self.out.add(task[0], P.EXCEPTION,
-                         serialize_exception(ContainerStartError(f"task {task[0]}: {message}"), self.hostname))
-        logger.error("failed %d task(s) %s: %s", len(tasks), [t[0] for t in tasks][:50], message)
+            self.out.add(P.Result(task.tid, P.EXCEPTION, serialize_exception(
+                ContainerStartError(f"task {task.tid}: {message}"), self.hostname)))
+        logger.error("failed %d task(s) %s: %s", len(tasks), [t.tid for t in tasks][:50], message)
 
     def blocked(self) -> List[str]:
         """Keys whose container failed moments ago: not to be started now."""
@@ -238,9 +238,9 @@ class ContainerWorkers:
                 listener.close()
                 _unlink(path)
 
-    def worker_ready(self, wid: int, slot, body, now: float) -> bool:
+    def worker_ready(self, wid: int, slot, ready: P.Ready, now: float) -> bool:
         """A container worker said READY: False (and its key failed) if the image's versions differ."""
-        theirs = body.get("versions") if isinstance(body, dict) else None
+        theirs = ready.versions
         diff = P.version_mismatch(P.versions(), theirs) if theirs is not None else {}
         if diff:
             self._version_mismatch(wid, slot.container, diff)

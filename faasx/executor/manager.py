@@ -111,30 +111,25 @@ def walltime_left() -> Optional[float]:
 class ResultBatch:
     """RESULTS waiting to go to the interchange: filled during one pass of the event loop (workers'
     results, tasks lost with their worker, tasks failed before they ran) and sent as one message at its
-    end (``Manager.flush_results``).  Two parallel lists, the message's body and its payload frames, so
-    a worker's batch is appended with two ``extend`` calls and no per-task object."""
+    end (``Manager.flush_results``).  A worker's results (``protocol.Result``) are appended as parsed."""
 
-    __slots__ = ("records", "payloads")
+    __slots__ = ("results",)
 
     def __init__(self) -> None:
-        self.records: list = []      # [[tid, status], ...]
-        self.payloads: list = []     # one payload per record
+        self.results: List[P.Result] = []
 
-    def add(self, tid: int, status: int, payload: bytes) -> None:
-        self.records.append([tid, status])
-        self.payloads.append(payload)
+    def add(self, result: P.Result) -> None:
+        self.results.append(result)
 
-    def extend(self, records: list, payloads: list) -> None:
-        self.records.extend(records)
-        self.payloads.extend(payloads)
+    def extend(self, results: List[P.Result]) -> None:
+        self.results.extend(results)
 
     def __bool__(self) -> bool:
-        return bool(self.records)
+        return bool(self.results)
 
-    def take(self) -> tuple:
+    def take(self) -> List[P.Result]:
         """The batch so far, emptying this one."""
-        out = self.records, self.payloads
-        self.records, self.payloads = [], []
+        out, self.results = self.results, []
         return out
 
 
@@ -338,10 +333,10 @@ class Manager:
         lost = self.table.remove(wid)
         if lost or (self.running and not self.draining):
             logger.error("worker %d (pid %d) %s while holding %d task(s): %s", wid, pid, how, len(lost),
-                         [t[0] for t in lost])
+                         [t.tid for t in lost])
         for task in lost:
-            self.out.add(task[0], P.WORKER_LOST, P.failure_payload(
-                "WorkerLost", f"task {task[0]}: worker {wid} (pid {pid}) on {self.hostname} {how} while "
+            self.out.add(P.failed_result(
+                task.tid, "WorkerLost", f"task {task.tid}: worker {wid} (pid {pid}) on {self.hostname} {how} while "
                 "running it. If the function crashes the interpreter (segfault, os._exit, out of memory), "
                 "fix it or give it more memory (mem_per_worker).", 0))
 
@@ -424,10 +419,10 @@ class Manager:
             return False
         msg_type, body, _ = P.unpack(self.ic.recv_multipart())
         if msg_type == P.REFUSED:
-            logger.error("the interchange refused this manager: %s", (body or {}).get("reason"))
+            logger.error("the interchange refused this manager: %s", P.parse_reason(body, "(no reason given)"))
             return False
         if msg_type != P.REGISTERED:
-            logger.error("unexpected reply to registration: %s", P.TYPE_NAMES.get(msg_type))
+            logger.error("unexpected reply to registration: %s", P.type_name(msg_type))
             return False
         return True
 
@@ -523,9 +518,9 @@ class Manager:
             self.answer_withdrawn()
         if self.out:
             if self.unreported:     # a result says by itself that its task started
-                for r in self.out.records:
-                    self.unreported.pop(r[0], None)
-            send(self.ic, P.pack(P.RESULTS, *self.out.take()))
+                for r in self.out.results:
+                    self.unreported.pop(r.tid, None)
+            send(self.ic, P.pack_results(self.out.take()))
 
     def report_started(self, now: float) -> None:
         """Tell the interchange which tasks workers have taken, once the oldest of them has run for
@@ -544,7 +539,7 @@ class Manager:
         """Tasks cancelled by the client before any worker took them never run: each is answered with a
         FAILED result, which completes it at the interchange (the client's future is cancelled already)."""
         for tid in self.withdrawn:
-            self.out.add(tid, P.FAILED, P.failure_payload("FAILED", f"task {tid} was cancelled before it started", 0))
+            self.out.add(P.failed_result(tid, "FAILED", f"task {tid} was cancelled before it started"))
         logger.info("dropped %d queued task(s) the client cancelled", len(self.withdrawn))
         self.withdrawn = []
 
@@ -557,8 +552,7 @@ class Manager:
         old = self.advertised_prefetch
         if prefetch != old and (old <= 0 or abs(prefetch - old) > 0.25 * old):
             self.advertised_prefetch = prefetch
-            self.ic.send_multipart(P.pack(P.HEARTBEAT, {"held": self.table.held(),
-                                                        "capacity": self.n_workers + prefetch}))
+            self.ic.send_multipart(P.pack_manager_heartbeat(self.table.held(), capacity=self.n_workers + prefetch))
 
     def heartbeat(self, now: float) -> None:
         """Every ``heartbeat_period``, and at once when the set of warm containers changed."""
@@ -566,7 +560,7 @@ class Manager:
         if now - self.last_hb >= self.hb_period or warm != self.advertised_warm:
             self.last_hb = now
             self.advertised_warm = warm
-            self.ic.send_multipart(P.pack(P.HEARTBEAT, {"held": self.table.held(), "warm": warm}))
+            self.ic.send_multipart(P.pack_manager_heartbeat(self.table.held(), warm))
 
     def check_liveness(self, now: float) -> None:
         """Stop when the interchange has been silent too long, or a drain has nothing left."""
@@ -585,35 +579,34 @@ class Manager:
             msg_type, body, payloads = P.unpack(frames)
             handler = self.ic_handlers.get(msg_type)
             if handler is None:
-                raise P.ProtocolError(f"unexpected {P.TYPE_NAMES[msg_type]} message")
+                raise P.ProtocolError(f"unexpected {P.type_name(msg_type)} message")
             handler(body, payloads)
         except P.ProtocolError as e:
             self.malformed += 1
             logger.error("dropped malformed message from the interchange: %s", e)
 
     def on_tasks(self, body, payloads) -> None:
-        records = P.check_tasks(body, payloads)
-        tasks = [(r[0], r[1], r[2], r[3], payloads[i]) for i, r in enumerate(records)]
-        if any(r[3] and r[3].get("container") for r in records):
+        tasks = P.parse_tasks(body, payloads)
+        if self.args.debug:
+            logger.debug("received tasks %s", [t.tid for t in tasks])
+        if any(t.spec and t.spec.get("container") for t in tasks):
             tasks = self.containers.admit(tasks)
         self.table.enqueue(tasks)
-        if self.args.debug:
-            logger.debug("received tasks %s", [r[0] for r in records])
 
     def on_funcs(self, body, payloads) -> None:
-        for fid, code in zip(P.check_funcs(body, payloads), payloads):
+        for fid, code in P.parse_funcs(body, payloads):
             self.codes[fid] = code
 
     def on_cancel(self, body, payloads) -> None:
         """The client cancelled these tasks: those still queued here never run (``answer_withdrawn``)."""
-        self.withdrawn.extend(t[0] for t in self.table.withdraw(set(P.parse_cancel(body))))
+        self.withdrawn.extend(t.tid for t in self.table.withdraw(set(P.parse_cancel(body))))
 
     def on_terminate(self, body, payloads) -> None:
         """The user asked to stop these tasks (``Executor.terminate``), running or not."""
         tids = set(P.parse_terminate(body))
         message = "task {} was terminated at the user's request"
         for task in self.table.withdraw(tids):
-            self.out.add(task[0], P.FAILED, P.failure_payload("Terminated", message.format(task[0]), 0))
+            self.out.add(P.failed_result(task.tid, "Terminated", message.format(task.tid)))
         for slot in list(self.table.slots.values()):
             for tid in tids.intersection(slot.tasks):
                 self.stop_task(tid, slot.wid, "Terminated", message.format(tid) + f" (worker {slot.wid} on "
@@ -638,7 +631,7 @@ class Manager:
             return
         self.deadlines.pop(tid, None)
         logger.warning("%s: stopping worker %d", message, wid)
-        self.out.add(tid, P.FAILED, P.failure_payload(kind, message, 0))
+        self.out.add(P.failed_result(tid, kind, message))
         proc = self.pool.procs.get(wid)
         if proc is not None:
             self.pool.kill(proc)
@@ -652,7 +645,7 @@ class Manager:
 
     def on_shutdown(self, body, payloads) -> None:
         """SHUTDOWN or REFUSED: exit now."""
-        reason = body.get("reason", "the executor is shutting down") if isinstance(body, dict) else ""
+        reason = P.parse_reason(body, "the executor is shutting down") if isinstance(body, dict) else ""
         logger.info("the interchange asked this manager to exit: %s", reason)
         self.terminate_reason = reason or "shutdown requested"
         self.running = False
@@ -661,40 +654,41 @@ class Manager:
         try:
             msg_type, body, data = P.unpack(frames)
             if msg_type == P.RESULTS:
-                self.on_results(wid, P.check_results(body, data), data, now)
+                self.on_results(wid, P.parse_results(body, data), now)
             elif msg_type == P.READY:
-                self.on_ready(wid, body, now)
+                self.on_ready(wid, P.parse_ready(body), now)
             else:
-                raise P.ProtocolError(f"unexpected {P.TYPE_NAMES[msg_type]} message")
+                raise P.ProtocolError(f"unexpected {P.type_name(msg_type)} message")
         except P.ProtocolError as e:
             self.malformed += 1
             logger.error("dropped malformed message from worker %d: %s", wid, e)
 
-    def on_results(self, wid: int, recs: list, data, now: float) -> None:
+    def on_results(self, wid: int, results: List[P.Result], now: float) -> None:
         slot = self.table.slots.get(wid)
         held = slot.tasks if slot is not None else {}
-        if any(r[0] not in held for r in recs):
-            recs, data = self._drop_stray(wid, recs, data, held)
-        self.table.done(wid, [r[0] for r in recs], now)
-        self.out.extend(recs, data)
+        tids = [r.tid for r in results]
+        if any(tid not in held for tid in tids):
+            results = self._drop_stray(wid, results, held)
+            tids = [r.tid for r in results]
+        self.table.done(wid, tids, now)
+        self.out.extend(results)
         if self.deadlines:
-            for r in recs:
-                self.deadlines.pop(r[0], None)
+            for tid in tids:
+                self.deadlines.pop(tid, None)
 
-    def _drop_stray(self, wid: int, recs: list, data, held) -> tuple:
+    def _drop_stray(self, wid: int, results: List[P.Result], held) -> List[P.Result]:
         """Only the worker running a task may report it (a function can write on its worker's socket: it
         must not resolve another task's future)."""
-        stray = [r[0] for r in recs if r[0] not in held]
-        keep = [i for i, r in enumerate(recs) if r[0] in held]
+        stray = [r.tid for r in results if r.tid not in held]
         self.malformed += 1
         logger.error("dropped results from worker %d for task(s) it does not hold: %s", wid, stray[:20])
-        return [recs[i] for i in keep], [data[i] for i in keep]
+        return [r for r in results if r.tid in held]
 
-    def on_ready(self, wid: int, body, now: float) -> None:
+    def on_ready(self, wid: int, ready: P.Ready, now: float) -> None:
         slot = self.table.slots.get(wid)
         if slot is None:
             raise P.ProtocolError(f"READY from unknown worker {wid}")
-        if slot.container is not None and not self.containers.worker_ready(wid, slot, body, now):
+        if slot.container is not None and not self.containers.worker_ready(wid, slot, ready, now):
             return
         self.table.mark_ready(wid, now)
 
@@ -711,24 +705,24 @@ class Manager:
         chan = self.pool.chans.get(slot.wid)
         if chan is None:
             raise BrokenPipeError("no channel")
-        missing = [t[1] for t in batch if t[1] not in slot.fids]
+        missing = [t.fid for t in batch if t.fid not in slot.fids]
         if missing:
             self._send_funcs(chan, slot, missing)
-        chan.send(P.pack(P.TASKS, [[t[0], t[1], t[2], t[3]] for t in batch], [t[4] for t in batch]))
+        chan.send(P.pack_tasks(batch))
         unreported = self.unreported
         for t in batch:
-            unreported[t[0]] = None
-            if t[3] and "walltime" in t[3]:
-                self.deadlines[t[0]] = (now + float(t[3]["walltime"]), slot.wid, t[3]["walltime"])
+            unreported[t.tid] = None
+            if t.spec and "walltime" in t.spec:
+                self.deadlines[t.tid] = (now + float(t.spec["walltime"]), slot.wid, t.spec["walltime"])
         if self.unreported_since is None:
             self.unreported_since = now
         if self.args.debug:
-            logger.debug("tasks %s -> worker %d", [t[0] for t in batch], slot.wid)
+            logger.debug("tasks %s -> worker %d", [t.tid for t in batch], slot.wid)
 
     def _send_funcs(self, chan, slot, missing: list) -> None:
         """The code of the functions of a batch that this worker has not been sent yet."""
         have = [f for f in dict.fromkeys(missing) if f in self.codes]
-        chan.send(P.pack(P.FUNCS, have, [self.codes[f] for f in have]))
+        chan.send(P.pack_funcs(have, [self.codes[f] for f in have]))
         slot.fids.update(have)
 
     # ---- ending ------------------------------------------------------------------------------
@@ -737,7 +731,7 @@ class Manager:
         self.drain_reason = reason
         logger.info("draining: %s; finishing %d held task(s)", reason, self.table.held())
         if notify:
-            self.ic.send_multipart(P.pack(P.DRAIN, {"reason": reason}))
+            self.ic.send_multipart(P.pack_drain(reason))
 
     def shutdown(self) -> int:
         arm_exit_watchdog()
@@ -746,8 +740,7 @@ class Manager:
         # this manager already; saying so now lets the interchange re-dispatch them without waiting for
         # the workers' shutdown grace (a job being cancelled has only KillWait seconds left anyway).
         try:
-            self.ic.send_multipart(P.pack(P.BYE, {"reason": self.terminate_reason or self.drain_reason or "exit",
-                                                  "lost": held}), zmq.NOBLOCK)
+            self.ic.send_multipart(P.pack_bye(self.terminate_reason or self.drain_reason or "exit", held), zmq.NOBLOCK)
             # give the BYE a moment to leave before the context is torn down
             self.ic.setsockopt(zmq.LINGER, 500)
         except zmq.ZMQError:

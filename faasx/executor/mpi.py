@@ -238,7 +238,7 @@ class MpiWorkerTable(WorkerTable):
         self.waiting: Deque[Task] = deque()
 
     def _with_mpi(self, task: Task, mpi: dict) -> Task:
-        return (task[0], task[1], task[2], dict(task[3] or {}, mpi=mpi), task[4])
+        return task._replace(spec=dict(task.spec or {}, mpi=mpi))
 
     def _admit(self, task: Task) -> Optional[Task]:
         """The task ready for the worker queue, or None if it must wait for nodes."""

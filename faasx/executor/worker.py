@@ -27,7 +27,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from faasx.errors import FunctionExited, PayloadTooLarge, SerializationError
 from faasx.executor import affinity
@@ -121,7 +121,7 @@ class Worker:
         """Say READY, then handle the manager's messages until it says SHUTDOWN or is gone."""
         poller = select.poll()
         poller.register(self.chan.fileno(), select.POLLIN)
-        self.send(P.pack(P.READY, {"worker_id": self.worker_id, "pid": os.getpid(), "versions": P.versions()}))
+        self.send(P.pack_ready(self.worker_id, os.getpid()))
         while self.manager_alive(poller, manager_pid):
             frames = self.receive()
             if frames is None or not self.handle(frames):
@@ -151,42 +151,45 @@ class Worker:
         try:
             msg_type, body, payloads = P.unpack(frames)
             if msg_type == P.TASKS:
-                self.run_batch(P.check_tasks(body, payloads), payloads)
+                self.run_batch(P.parse_tasks(body, payloads))
             elif msg_type == P.FUNCS:
-                for fid, code in zip(P.check_funcs(body, payloads), payloads):
+                for fid, code in P.parse_funcs(body, payloads):
                     self.codes[fid] = code
             elif msg_type == P.SHUTDOWN:
                 logger.info("worker %d: shutdown requested", self.worker_id)
                 return False
             else:
-                raise P.ProtocolError(f"unexpected {P.TYPE_NAMES[msg_type]} message")
+                raise P.ProtocolError(f"unexpected {P.type_name(msg_type)} message")
         except P.ProtocolError as e:
             self.malformed += 1
             logger.error("worker %d: dropped malformed message from manager: %s", self.worker_id, e)
         return True
 
-    def run_batch(self, records: List[list], payloads) -> None:
+    def run_batch(self, tasks: List[P.Task]) -> None:
         flusher = self.flusher
-        n = len(records)
+        n = len(tasks)
         output = self.output
-        for i, (tid, fid, kind, spec) in enumerate(records):
+        for i, task in enumerate(tasks):
+            tid, spec = task.tid, task.spec
             output.tid = tid               # names the task in its captured output (task_output)
             if self.debug:
                 logger.debug("task %d: start", tid)
             if spec and "mpi" in spec:   # MPI mode: PARSL_MPI_PREFIX & co. for this call (faasx.executor.mpi)
-                status, data = run_in_environment(spec["mpi"], lambda: self.execute(tid, fid, kind, payloads[i]))
+                status, data = run_in_environment(spec["mpi"], lambda: self.execute(task))
             elif spec and ("cores" in spec or "memory" in spec):
                 with task_limits(spec):
-                    status, data = self.execute(tid, fid, kind, payloads[i])
+                    status, data = self.execute(task)
             else:
-                status, data = self.execute(tid, fid, kind, payloads[i])
+                status, data = self.execute(task)
             if self.debug:
                 logger.debug("task %d: done (status %d, %d bytes)", tid, status, len(data))
             flusher.add(tid, status, data, more=i + 1 < n)
         output.tid = None
         flusher.flush()
 
-    def execute(self, tid: int, fid: bytes, kind: int, payload: bytes):
+    def execute(self, task: P.Task) -> Tuple[int, bytes]:
+        """Run one task: (status, payload) of its value, or of whatever it raised."""
+        tid, fid = task.tid, task.fid
         try:
             fn = self.functions.get(fid)
             if fn is None:
@@ -196,8 +199,8 @@ class Worker:
                         "FAILED", f"task {tid}: the worker never received the code of function {fid.hex()}")
                 fn = self.functions[fid] = deserialize_function(code)
                 del self.codes[fid]
-            args, kwargs = deserialize(payload)
-            if kind == P.KIND_CALL:
+            args, kwargs = deserialize(task.payload)
+            if task.kind == P.KIND_CALL:
                 value = fn(*args, **kwargs)
             else:
                 value = [fn(*a) for a in args]

@@ -101,7 +101,7 @@ class WorkerProcesses:
             return
         if say_shutdown:
             try:
-                chan.send(P.pack(P.SHUTDOWN, {}))
+                chan.send(P.pack_shutdown())
             except OSError:
                 pass
         self.fd_wid.pop(chan.fileno(), None)
@@ -156,7 +156,7 @@ class WorkerProcesses:
         left (``before_kill(wid)`` first, for clean-up a kill would leave behind) and close everything."""
         for chan in self.chans.values():
             try:
-                chan.send(P.pack(P.SHUTDOWN, {}))
+                chan.send(P.pack_shutdown())
             except OSError:
                 pass
         deadline = time.monotonic() + grace

@@ -32,6 +32,8 @@ from collections import deque
 from math import ceil
 from typing import Container, Deque, Dict, List, Optional, Set, Tuple
 
+from faasx.executor.protocol import Task
+
 BATCH_WINDOW = 0.004      # seconds of work handed to one worker at once
 PREFETCH_WINDOW = 0.02    # seconds of work per worker the manager keeps queued locally
 MAX_BATCH = 256
@@ -42,13 +44,10 @@ EWMA_ALPHA = 0.2
 DEFAULT_START_SECONDS = {None: 0.2}
 DEFAULT_CONTAINER_START_SECONDS = 1.0
 
-# (tid, fid, kind, spec, payload)
-Task = Tuple[int, bytes, int, Optional[dict], bytes]
-
 
 def task_container(task: Task) -> Optional[str]:
     """The container key a task must run in (None: a plain worker)."""
-    spec = task[3]
+    spec = task.spec
     return (spec.get("container") or None) if spec else None
 
 
@@ -136,7 +135,7 @@ class WorkerTable:
                 + sum(len(s.tasks) for s in self.slots.values()))
 
     def all_tids(self) -> List[int]:
-        return ([t[0] for t in self.queue] + [t[0] for q in self.cqueues.values() for t in q]
+        return ([t.tid for t in self.queue] + [t.tid for q in self.cqueues.values() for t in q]
                 + [tid for s in self.slots.values() for tid in s.tasks])
 
     # ---- tasks -------------------------------------------------------------------------------
@@ -156,9 +155,9 @@ class WorkerTable:
         """Remove and return the queued tasks (not yet at a worker) whose ids are in ``tids``."""
         out: List[Task] = []
         for key, q in [(None, self.queue)] + list(self.cqueues.items()):
-            if any(t[0] in tids for t in q):
-                keep = deque(t for t in q if t[0] not in tids)
-                out.extend(t for t in q if t[0] in tids)
+            if any(t.tid in tids for t in q):
+                keep = deque(t for t in q if t.tid not in tids)
+                out.extend(t for t in q if t.tid in tids)
                 if key is None:
                     self.queue = keep
                 else:
@@ -214,7 +213,7 @@ class WorkerTable:
                 break
             batch = _take_batch(queue, min(n, slot.limit))
             for task in batch:
-                slot.tasks[task[0]] = task
+                slot.tasks[task.tid] = task
             slot.sent_at = now
             slot.batch_at = now
             slot.batch_len = len(batch)
@@ -273,9 +272,9 @@ class WorkerTable:
         where: Dict[int, str] = {}
 
         def place(task: Task, here: str, key: Optional[str]) -> None:
-            assert task[0] not in where, f"task {task[0]} is both in {where[task[0]]} and in {here}"
-            assert task_container(task) == key, f"task {task[0]} of key {task_container(task)!r} is in {here}"
-            where[task[0]] = here
+            assert task.tid not in where, f"task {task.tid} is both in {where[task.tid]} and in {here}"
+            assert task_container(task) == key, f"task {task.tid} of key {task_container(task)!r} is in {here}"
+            where[task.tid] = here
 
         for task in self.queue:
             place(task, "the plain queue", None)
@@ -286,7 +285,7 @@ class WorkerTable:
             assert slot.wid == wid, f"slot of worker {slot.wid} filed under {wid}"
             assert slot.ready or not slot.tasks, f"worker {wid} holds tasks before it is ready"
             for tid, task in slot.tasks.items():
-                assert task[0] == tid, f"worker {wid} holds task {task[0]} under id {tid}"
+                assert task.tid == tid, f"worker {wid} holds task {task.tid} under id {tid}"
                 place(task, f"worker {wid}", slot.container)
             assert 1 <= slot.limit <= MAX_BATCH, f"worker {wid}'s batch limit is {slot.limit}"
             assert len(slot.tasks) <= slot.batch_len, f"worker {wid} holds more than the batch it was sent"
@@ -346,21 +345,26 @@ class WorkerTable:
 
     def _need(self, key: Optional[str], n_queued: int, mine: List[WorkerSlot]) -> int:
         """How many more workers of ``key`` its ``n_queued`` tasks call for, given its workers ``mine``."""
-        starting = sum(1 for s in mine if not s.ready)
-        need = n_queued - starting - sum(1 for s in mine if s.idle)
+        starting = _count(mine, lambda s: not s.ready)
+        need = n_queued - starting - _count(mine, lambda s: s.idle)
         if need <= 0:
             return 0
         if key is not None and key not in self.proven:
             return 0 if starting else 1
-        if mine and self.avg_task_seconds is not None and self._drains_before_start(key, n_queued, mine):
-            return 0
-        return need
+        return 0 if self._drains_before_start(key, n_queued, mine) else need
 
     def _drains_before_start(self, key: Optional[str], n_queued: int, mine: List[WorkerSlot]) -> bool:
-        """Whether the queue drains on the busy workers before a new one would be up."""
+        """Whether the queue drains on the busy workers before a new one would be up (unknown without a
+        measured task length)."""
+        if self.avg_task_seconds is None:
+            return False
         start = self.start_seconds.get(key, DEFAULT_START_SECONDS.get(key, DEFAULT_CONTAINER_START_SECONDS))
-        busy = sum(1 for s in mine if s.ready and s.tasks)
+        busy = _count(mine, lambda s: s.ready and s.tasks)
         return bool(busy) and n_queued * self.avg_task_seconds / busy < start
+
+
+def _count(slots: List[WorkerSlot], test) -> int:
+    return sum(1 for s in slots if test(s))
 
 
 class _Plan:
@@ -404,11 +408,14 @@ class _Plan:
                         key=lambda k: max(s.last_used for s in self.by_key[k])):
             live = [s for s in self.by_key[k] if s.wid not in self.stopped]
             if k not in self.queues and all(s.idle for s in live):
-                for s in live:
-                    self.stop(s)
-                self.types.discard(k)
+                self._stop_type(k, live)
                 return True
         return False
+
+    def _stop_type(self, key: str, live: List[WorkerSlot]) -> None:
+        for s in live:
+            self.stop(s)
+        self.types.discard(key)
 
     def evict_one(self, key: Optional[str]) -> bool:
         """Make room on a full node: stop the least recently used idle worker of another kind that has

@@ -8,6 +8,7 @@ import pytest
 
 from faasx.executor.mpi import (MPIPlacementError, MpiWorkerTable, NodePool, block_nodes, compose_prefixes,
                                 expand_hostlist, parse_mpi_spec, run_in_environment)
+from faasx.executor.protocol import Task
 
 
 # ---- resource keys ---------------------------------------------------------------------------------
@@ -104,7 +105,7 @@ def test_node_pool_never_hands_out_a_node_twice():
 
 
 def task(tid, **spec):
-    return (tid, b"f" * 16, 0, {"mpi": spec} if spec else None, b"payload")
+    return Task(tid, b"f" * 16, 0, {"mpi": spec} if spec else None, b"payload")
 
 
 def table(nodes=("n1", "n2"), workers=2):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from faasx.executor.protocol import Task
 from faasx.executor.worker_table import WorkerTable, task_container
 
 FID = b"f" * 16
@@ -37,7 +38,7 @@ class CheckedTable(WorkerTable):
 
 def task(tid, key=None):
     spec = {"container": key, "container_spec": {"type": "podman", "image": "img", "options": []}} if key else None
-    return (tid, FID, 0, spec, b"")
+    return Task(tid, FID, 0, spec, b"")
 
 
 def table(*workers, ready=True, now=0.0):
@@ -68,12 +69,12 @@ def test_short_tasks_get_batched_and_long_tasks_do_not():
     t.mark_ready(0)
     t.enqueue([task(i) for i in range(1000)])
     (slot, batch), = t.assign(0.0)
-    t.done(0, [batch[0][0]], 0.00002)         # 20 us per task
+    t.done(0, [batch[0].tid], 0.00002)         # 20 us per task
     now = 1.0
     for _ in range(6):                        # the worker's slow start doubles per fast batch
         (slot, batch), = t.assign(now)
         now += 0.00002 * len(batch)
-        t.done(0, [tk[0] for tk in batch], now)
+        t.done(0, [tk.tid for tk in batch], now)
     (slot, batch), = t.assign(now)
     assert len(batch) > 50
     assert t.prefetch() > 100
@@ -82,7 +83,7 @@ def test_short_tasks_get_batched_and_long_tasks_do_not():
     t2.mark_ready(0)
     t2.enqueue([task(i) for i in range(10)])
     (_, b), = t2.assign(0.0)
-    t2.done(0, [b[0][0]], 0.5)                # half a second per task
+    t2.done(0, [b[0].tid], 0.5)                # half a second per task
     (_, b), = t2.assign(1.0)
     assert len(b) == 1 and t2.prefetch() == 0
 
@@ -93,7 +94,7 @@ def test_dead_worker_returns_its_tasks():
     t.mark_ready(0)
     t.enqueue([task(1)])
     t.assign(0.0)
-    assert [x[0] for x in t.remove(0)] == [1]
+    assert [x.tid for x in t.remove(0)] == [1]
     assert t.held() == 0
 
 
@@ -108,9 +109,9 @@ def test_fixed_prefetch_capacity_is_respected():
 def test_container_tasks_go_only_to_workers_of_their_key_and_plain_ones_only_to_plain_workers():
     t = table(None, A, B)
     t.enqueue([task(1, A), task(2), task(3, B), task(4, C)])
-    got = {slot.wid: [x[0] for x in batch] for slot, batch in t.assign(1.0)}
+    got = {slot.wid: [x.tid for x in batch] for slot, batch in t.assign(1.0)}
     assert got == {0: [2], 1: [1], 2: [3]}
-    assert [x[0] for x in t.cqueues[C]] == [4], "no worker of C: it waits"
+    assert [x.tid for x in t.cqueues[C]] == [4], "no worker of C: it waits"
     assert t.held() == 4 and sorted(t.all_tids()) == [1, 2, 3, 4]
 
 
@@ -121,7 +122,7 @@ def test_a_worker_that_is_not_ready_gets_nothing():
     t.mark_ready(0, 2.5)
     assert t.assignable()
     (slot, batch), = t.assign(3.0)
-    assert slot.wid == 0 and batch[0][0] == 1
+    assert slot.wid == 0 and batch[0].tid == 1
     assert t.start_seconds[A] == 2.5, "start time measured from add to ready"
 
 
@@ -140,14 +141,14 @@ def test_warm_lists_keys_with_a_ready_worker():
 def test_take_queued_removes_a_keys_tasks():
     t = table()
     t.enqueue([task(1, A), task(2, A), task(3, B)])
-    assert [x[0] for x in t.take_queued(A)] == [1, 2]
+    assert [x.tid for x in t.take_queued(A)] == [1, 2]
     assert t.held() == 1
 
 
 def test_task_container_reads_the_routing_key():
     assert task_container(task(1, A)) == A
     assert task_container(task(1)) is None
-    assert task_container((1, FID, 0, {"priority": 3}, b"")) is None
+    assert task_container(Task(1, FID, 0, {"priority": 3}, b"")) is None
 
 
 # ---- plan: which workers to start and stop ---------------------------------------------------------------------
@@ -277,5 +278,5 @@ def test_a_dead_worker_mid_batch_leaves_its_queue_mates_queued():
     t.enqueue([task(i) for i in range(6)])
     t.assign(0.0)
     lost = t.remove(0)
-    assert [x[0] for x in lost] == [0]
+    assert [x.tid for x in lost] == [0]
     assert sorted(t.all_tids()) == [1, 2, 3, 4, 5]
