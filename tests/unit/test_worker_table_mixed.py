@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import heapq
 
+from faasx.executor.protocol import Task
 from faasx.executor.worker_table import BATCH_WINDOW, MAX_BATCH, WorkerTable
 
 FID = b"f" * 16
 
 
 def task(i):
-    return (i, FID, 0, None, b"")
+    return Task(i, FID, 0, None, b"")
 
 
 def table(workers: int) -> WorkerTable:
