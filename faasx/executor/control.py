@@ -41,7 +41,8 @@ CONTROL_DIR = "control"
 SOCKET_NAME = "control.sock"
 FINAL_STATUS = "status.json"
 RATE_WINDOW = 60.0          # seconds: "rate over the last minute"
-REQUEST_TIMEOUT = 5.0       # a connected peer gets this long to send its request
+REQUEST_TIMEOUT = 5.0       # a connected peer gets this long to send its request; the interchange to answer
+STOP_TIMEOUT = 0.5          # how long shutdown waits for the interchange's last answer
 MAX_REQUEST = 4096
 _UCRED = struct.Struct("3i")   # struct ucred {pid, uid, gid}
 
@@ -122,8 +123,10 @@ class ControlServer:
         self._thread = None
         os.close(self._wake_r)
         os.close(self._wake_w)
+        # briefly: an interchange still working through a flood (a million cancels) may answer late,
+        # and shutdown must stay prompt; without its answer the final status has the client's counts
         with contextlib.suppress(Exception):
-            self._last = self.snapshot()
+            self._last = self.snapshot(timeout=STOP_TIMEOUT)
         if self._sock is not None:
             self._sock.close()
         with contextlib.suppress(FileNotFoundError):
@@ -188,13 +191,10 @@ class ControlServer:
             samples.popleft()
 
     # ---- what status shows --------------------------------------------------------------------
-    def snapshot(self) -> Dict[str, Any]:
+    def snapshot(self, timeout: float = REQUEST_TIMEOUT) -> Dict[str, Any]:
         ex = self.executor
         client = ex._client
-        managers, stats = [], {}
-        if client is not None and client.healthy:
-            managers = client.request("managers", None, timeout=REQUEST_TIMEOUT)
-            stats = client.request("stats", None, timeout=REQUEST_TIMEOUT)
+        managers, stats = self._ask_interchange(timeout)
         held = sum(m["tasks"] for m in managers)
         running = sum(min(m["tasks"], m["worker_count"]) for m in managers)
         tasks = dict(self._client_counts(), queued=stats.get("queued", 0) + len(getattr(client, "_tasks_out", ())),
@@ -209,6 +209,20 @@ class ControlServer:
             "tasks": tasks,
             "errors": self._errors(),
         }
+
+    def _ask_interchange(self, timeout: float) -> Tuple[List[dict], Dict[str, Any]]:
+        """The interchange's managers and stats, or nothing if it cannot answer within ``timeout``."""
+        client = self.executor._client
+        if client is None or not client.healthy:
+            return [], {}
+        deadline = time.monotonic() + timeout
+        try:
+            managers = client.request("managers", None, timeout=timeout)
+            stats = client.request("stats", None, timeout=max(0.01, deadline - time.monotonic()))
+        except Exception as e:    # timed out, or the engine went down meanwhile
+            logger.info("control endpoint: no answer from the interchange within %.1fs (%r)", timeout, e)
+            return [], {}
+        return managers, stats
 
     def _client_counts(self) -> Dict[str, int]:
         client = self.executor._client
