@@ -11,9 +11,8 @@ waits behind another on a busy worker while a neighbour idles.
 A worker runs its batch serially, so the history can only say what tasks *were*: a burst of long
 tasks after a run of no-ops would all land in one worker's batch while the others idle (issue 12).
 Each worker therefore also has its own ``limit``, grown by proof like TCP's slow start: it starts at
-one task, doubles each time a whole batch comes back within ``2 * BATCH_WINDOW``, and falls back to
-one the moment a batch runs long or the worker has caught up with the queue (what comes next is
-unknown).  A long task then holds back at most the short tasks batched with it while the limit was
+one task, doubles each time a whole batch comes back within ``LONG_BATCH``, and falls back to
+one the moment a batch runs long or the node has drained (what comes next is unknown).  A long task then holds back at most the short tasks batched with it while the limit was
 proven, never a pile of other long ones behind it.  The manager's advertised prefetch
 (how many tasks beyond its workers it asks the interchange for) adapts the same way unless the user
 fixed ``prefetch_capacity``.
@@ -39,6 +38,10 @@ PREFETCH_WINDOW = 0.02    # seconds of work per worker the manager keeps queued 
 MAX_BATCH = 256
 MAX_PREFETCH_PER_WORKER = 256
 EWMA_ALPHA = 0.2
+# A batch that takes longer than this (and 4 x what the history expects of it) holds a task that is not
+# short: its worker starts again from one task.  Well above a loaded machine's scheduling delays (a
+# lower 8 ms reset workers of no-ops often enough to cost ~5 us of CPU per task), well below a long task.
+LONG_BATCH = 0.05
 
 # Without a measured start time: what starting a worker is assumed to cost (seconds).
 DEFAULT_START_SECONDS = {None: 0.2}
@@ -240,11 +243,21 @@ class WorkerTable:
         # "long" against what the history expects of this batch, so that a loaded machine's delays
         # do not keep resetting workers whose tasks take a millisecond or two
         expected = slot.batch_len * (self.avg_task_seconds or 0.0)
-        if elapsed > max(2 * BATCH_WINDOW, 4 * expected):
+        if elapsed > max(LONG_BATCH, 4 * expected):
             slot.limit = 1                       # this batch runs long: its tasks are not all short
         elif not slot.tasks:
-            caught_up = not (self.queue if slot.container is None else self.cqueues.get(slot.container))
-            slot.limit = 1 if caught_up else min(MAX_BATCH, 2 * slot.limit)
+            queue = self.queue if slot.container is None else self.cqueues.get(slot.container)
+            if queue:
+                slot.limit = min(MAX_BATCH, 2 * slot.limit)
+                return
+            # the node has drained (nothing queued, every worker of this kind idle): what comes next is
+            # unknown, so every one of them starts again from one task.  A worker that only caught up
+            # while its neighbours still run keeps its limit: a stream of no-ops often empties the queue
+            # for a moment, and resetting then costs messages (~5 us of CPU per no-op task measured)
+            mine = [s for s in self.slots.values() if s.container == slot.container]
+            if all(not s.tasks for s in mine):
+                for s in mine:
+                    s.limit = 1
 
     def prefetch(self) -> int:
         """How many tasks beyond one per worker this manager wants queued locally."""

@@ -110,10 +110,10 @@ def test_limit_doubles_on_fast_batches_and_resets_at_once_on_a_long_task():
     assert slot.limit == 1
 
 
-def test_caught_up_worker_starts_again_from_one_task():
+def test_drained_node_starts_again_from_one_task():
     t = table(2)
     warm_up(t)
-    assert all(s.limit == 1 for s in t.slots.values())   # the queue ran dry: nothing is known of what comes
+    assert all(s.limit == 1 for s in t.slots.values())   # the node drained: nothing is known of what comes
 
 
 def test_shuffled_long_and_short_stay_within_the_bound():
