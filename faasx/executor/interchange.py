@@ -16,6 +16,12 @@ process gone.  Never for silence: the client's I/O thread may be held up for a w
 in a long C call that keeps the GIL), and that must not fail the tasks it submitted.  Sends to the
 client never block: what the link will not take now waits for it to become writable.
 
+Where things go: each message type has one handler method (``_on_client_*`` / ``_on_manager_*``,
+looked up in ``_client_handlers`` / ``_manager_handlers``), each COMMAND one ``_cmd_*`` method in
+``_commands`` (what a status or control endpoint would call), and results for the client collect
+in ``outbox`` until ``flush_results`` sends them as one RESULTS message per loop iteration (where a
+byte bound on batches would apply).  Message bodies are built and read by ``protocol`` only.
+
 The configuration arrives as one JSON line on stdin; the bound manager port goes back as one JSON
 line on stdout, after which stdout is closed.
 """
@@ -200,21 +206,23 @@ class Interchange:
 
     def accept_tasks(self, records: List[TaskRecord]) -> None:
         """Queue the client's tasks; one whose function code never arrived fails at once (FUNCS must
-        come before the TASKS that use it)."""
+        come before the TASKS that use them)."""
+        self.stats["tasks_received"] += len(records)
         codes = self.codes
         new = [rec for rec in records if rec.fid in codes]
         if len(new) < len(records):
-            for rec in records:
-                if rec.fid not in codes:
-                    self._fail(rec.tid, "FAILED", f"task {rec.tid}: the interchange has no code for function "
-                               f"{rec.fid.hex()}; the client must send FUNCS before TASKS (this is a faasx bug, "
-                               "please report it)", 0)
-        self.stats["tasks_received"] += len(records)
+            self._fail_codeless([rec for rec in records if rec.fid not in codes])
         for rec in self.scheduler.submit(new):
             self.stats["duplicates_dropped"] += 1
             logger.error("task %d submitted twice; the second copy was dropped", rec.tid)
         if self.debug:
             logger.debug("queued tasks %s", [r.tid for r in records])
+
+    def _fail_codeless(self, records: List[TaskRecord]) -> None:
+        for rec in records:
+            self._fail(rec.tid, "FAILED", f"task {rec.tid}: the interchange has no code for function "
+                       f"{rec.fid.hex()}; the client must send FUNCS before TASKS (this is a faasx bug, "
+                       "please report it)", 0)
 
     def command(self, name: str, args, now: float):
         """The answer to a COMMAND (see ``protocol``: the names a client may ask)."""
@@ -504,24 +512,41 @@ class Interchange:
             self.outbox = []
 
     def periodic(self, now: float) -> None:
-        hb = P.pack_heartbeat()
+        """Once per heartbeat period: liveness both ways, and tasks no manager can run (no capable
+        manager, or no block with the walltime they need left)."""
+        self._expire_managers(now)
+        self._fail_unroutable(now)
+        self._fail_too_long(now)
+        self._heartbeat_managers(now)
+        self._send_client(P.pack_heartbeat())
+        self.flush_results()
+        self._check_client(now)
+
+    def _expire_managers(self, now: float) -> None:
         for mid in self.scheduler.expired(now, self.hb_threshold):
             self.remove_manager(mid, f"no heartbeat for more than {self.hb_threshold}s (heartbeat_threshold)", now)
+
+    def _fail_unroutable(self, now: float) -> None:
+        """Fail the keyed tasks (GPU, container) none of the connected managers can run."""
+        n_managers = len(self.scheduler.managers)
         for key, recs in self.scheduler.unroutable(now, self.hb_threshold):
             need = "accelerators (available_accelerators)" if key == "gpu" else "a container runtime on PATH"
             logger.error("failing %d task(s) needing %r: none of the %d connected manager(s) has %s",
-                         len(recs), key, len(self.scheduler.managers), need)
+                         len(recs), key, n_managers, need)
             self.stats["failed_unroutable"] = self.stats.get("failed_unroutable", 0) + len(recs)
             for rec in recs:
-                self._fail(rec.tid, "FAILED", f"task {rec.tid} needs {key!r}, but none of the "
-                           f"{len(self.scheduler.managers)} connected manager(s) can run it: they have no {need}. "
+                self._fail(rec.tid, "FAILED", f"task {rec.tid} needs {key!r}, but none of the {n_managers} "
+                           f"connected manager(s) can run it: they have no {need}. "
                            "Fix: give the executor nodes that have it, or drop the requirement.", rec.attempts)
-        self._fail_too_long(now)
+
+    def _heartbeat_managers(self, now: float) -> None:
+        hb = P.pack_heartbeat()
         for mid in list(self.scheduler.managers):
             if not self._send_manager(mid, hb):
                 self.remove_manager(mid, "unreachable (its connection is gone)", now)
-        self._send_client(hb)
-        self.flush_results()
+
+    def _check_client(self, now: float) -> None:
+        """Exit when the client process is gone or silent (its link closing is seen in serve_link)."""
         if os.getppid() != self.parent_pid:
             logger.error("the client process %d is gone; shutting down", self.parent_pid)
             self.running = False
