@@ -2,11 +2,12 @@
 
 ``EngineClient`` is what both public executors drive.  ``submit()`` runs in the caller's thread: it
 takes an id, makes a ``TaskFuture``, files it in ``futures`` and appends the serialized task to an
-outbox.  The I/O thread is woken through a pipe only when it is asleep, drains the whole outbox into
-one TASKS message (function code first, once per function), receives RESULTS batches and resolves
-futures, dropping each from the table the moment it resolves.  User code never runs on it: the
-done-callbacks of the futures it resolves run on a ``CallbackThread`` (in resolution order), so a
-slow callback cannot delay results or heartbeats.  STARTED reports mark futures running().
+outbox.  The I/O thread is woken through a pipe only when it is asleep, drains the outbox into TASKS
+messages of up to ``SEND_BATCH`` (8,192) tasks, one per loop iteration, within the ``window``
+(function code first, once per function), receives RESULTS batches and resolves futures, dropping
+each from the table the moment it resolves.  User code never runs on it: the done-callbacks of the
+futures it resolves run on a ``CallbackThread`` (in resolution order), so a slow callback cannot
+delay results or heartbeats.  STARTED reports mark futures running().
 
 One shortcut: when nothing at all is outstanding (no task in flight, an empty outbox, nothing
 unsent on the link), the caller writes its one task to the link itself instead of waking the I/O
@@ -27,16 +28,40 @@ Back-pressure: at most ``window`` tasks are outstanding at the interchange; the 
 outbox (they are the caller's own objects already), so the interchange's memory stays bounded.  The
 window follows the workers' capacity: it is the larger of the configured one and ``WINDOW_PER_WORKER``
 tasks per connected worker, so 131,072 workers are never starved by a window smaller than their count.
+
+Starting the interchange (spawn, configuration, HELLO/WELCOME) is ``faasx.executor.spawn``.
+
+Threads and the state they own
+------------------------------
+Two kinds of thread touch an ``EngineClient``: *caller* threads (any number: ``submit``, ``cancel``,
+``request``, ``shutdown``) and the one *I/O thread* (``_io_loop``), which alone reads the link and
+resolves futures.  Each attribute's comment in ``__init__`` says which of them owns it.  A third,
+the *callback thread* (``CallbackThread``), touches no client state: it only runs the
+done-callbacks of the futures the I/O thread resolved, handed over through its own queue.  Shared
+state is of three kinds, as in CPython's ``concurrent/futures/process.py``:
+
+* queues from callers to the I/O thread (``_tasks_out``, ``_funcs_out``, ``_cancel_out``,
+  ``_cmds_out``): ``collections.deque``, whose ``append`` and ``popleft`` are atomic, so no lock;
+* tables with one writer per key (``futures``, ``_memo_keys``): a caller inserts a task's entry
+  before the task is queued, so the I/O thread never looks a task up before it is filed, and only
+  the I/O thread (or ``fail_pending``) removes it; single dict operations are atomic in CPython;
+* what both the I/O thread and a caller's direct send change (``_in_flight``, writes on the link,
+  ``stats["submitted"]``): under ``_send_lock``.  Lock-free *reads* of ``_in_flight`` only choose a
+  path (direct send or outbox, poll timeout) and are re-checked under the lock where it matters.
+
+Where new work goes: a new message from the interchange is a branch of ``_handle`` (its body
+parsed in ``protocol``); something to run as futures resolve goes after ``_settle`` in
+``_resolve`` (user code: on the callback thread); a new question to the interchange is a
+``request()`` name.
 """
+
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import queue
 import select
-import socket
 import subprocess
 import threading
 import time
@@ -51,17 +76,19 @@ from faasx.errors import (ExecutorShutdown, FaaSXError, InterchangeLost, Manager
 from faasx.executor import affinity
 from faasx.executor import protocol as P
 from faasx.executor.channel import Channel, ChannelClosed, ChannelError
-from faasx.executor.processes import command
-from faasx.executor.security import open_private, private_dir
+from faasx.executor.security import private_dir
 from faasx.executor.serialization import deserialize, deserialize_exception, serialize_function
+from faasx.executor.spawn import InterchangeProcess
 
 logger = logging.getLogger("faasx.executor")
 
 SEND_BATCH = 8192            # tasks per TASKS message at most
 IC_CHECK_PERIOD = 0.2        # how often the I/O thread looks at the interchange process
 DIRECT_MAX_BYTES = 64 << 10  # a caller writes a lone task itself only if it is this small
-LINK_BUFFER = 4 << 20        # socket buffer asked for on the client link (the kernel may cap it)
 WINDOW_PER_WORKER = 2        # tasks outstanding per connected worker: one running, one queued behind it
+FN_CACHE_STRONG_MAX = 10_000  # functions that cannot be weakly referenced, cached by id() at most
+
+_STOP = object()             # what an I/O step returns when the loop is to end without a failure
 
 
 class TaskFuture(Future):
@@ -79,7 +106,7 @@ class TaskFuture(Future):
         ``protocol.STARTED_DELAY``) cancel() may still return True: the task then runs, and its
         result is discarded."""
         if self._cancel_here():
-            self._client._cancel(self.parsl_executor_task_id)
+            self._client.cancel(self.parsl_executor_task_id)
         return self.cancelled()
 
     def _cancel_here(self) -> bool:
@@ -209,55 +236,92 @@ def _settle(fut: Future, res: P.Result) -> None:
         fut.set_exception(_failure_exception(res.status, res.payload, res.tid))
 
 
+class _LoopState:
+    """What the I/O thread keeps between iterations of its loop (owned by the I/O thread)."""
+
+    __slots__ = ("poller", "lfd", "wake_r", "writing", "last_hb", "last_check", "last_heard")
+
+    def __init__(self, link: Channel, wake_r: int, now: float):
+        self.lfd, self.wake_r = link.fileno(), wake_r
+        self.poller = select.poll()
+        self.poller.register(self.lfd, select.POLLIN)
+        self.poller.register(wake_r, select.POLLIN)
+        self.writing = False         # whether the poller also waits for the link to be writable
+        self.last_hb = self.last_check = self.last_heard = now
+
+    def watch_writable(self, wanted: bool) -> None:
+        if wanted != self.writing:
+            self.writing = wanted
+            self.poller.modify(self.lfd, select.POLLIN | select.POLLOUT if wanted else select.POLLIN)
+
+
 class EngineClient:
     __reduce__ = refuse_pickling     # a task that refers to its executor fails at submit, naming it
 
     def __init__(self, *, label: str, logdir: str, token: str, heartbeat_period: float,
                  heartbeat_threshold: float, max_payload_size: int, window: int = 100_000,
                  debug: bool = False, on_fatal: Optional[Callable[[BaseException], None]] = None):
+        # configuration: set here, read-only afterwards (any thread)
         self.label = label
         self.logdir = logdir
         self.token = token
         self.heartbeat_period = heartbeat_period
         self.heartbeat_threshold = heartbeat_threshold
         self.max_payload_size = max_payload_size
-        self.window = window             # read by the I/O thread and the callers; set by the I/O thread
-        self._base_window = window
-        self._manager_workers: Dict[str, int] = {}   # connected manager -> its workers (I/O thread)
-        self._total_workers = 0
+        self._base_window = window               # as configured
         self.debug = debug
-        self.on_fatal = on_fatal
+        self.on_fatal = on_fatal                 # called on the I/O thread
+        self.engine_cpu: Optional[int] = None    # set by start(), before the I/O thread exists
 
+        # the futures table: callers insert (submit), the I/O thread removes (see the module docstring)
         self.futures: Dict[int, TaskFuture] = {}
-        self._ids = itertools.count(1)
+        self._memo_keys: Dict[int, bytes] = {}   # same discipline as futures
+        self._ids = itertools.count(1)           # next() is atomic: callers share it
+
+        # caller -> I/O thread queues (deques: atomic append/popleft, no lock)
         self._tasks_out: Deque[P.Task] = deque()
         self._funcs_out: Deque[Tuple[bytes, bytes]] = deque()
         self._cancel_out: Deque[int] = deque()
         self._terminate_out: Deque[int] = deque()
         self._cmds_out: Deque[Tuple[int, str, Any, Future]] = deque()
-        self._cmd_ids = itertools.count(1)
-        self._cmd_futures: Dict[int, Future] = {}
+        self._cmd_ids = itertools.count(1)       # callers; starts at 1 (REPLY id 0 confirms a CANCEL)
+
+        # callers only.  Races between callers are harmless: two threads submitting one new function
+        # at once may both queue its code (the interchange stores it twice), or serialize it twice.
         self._known_fids: set = set()
         self._fn_cache: "weakref.WeakKeyDictionary[Any, Tuple[bytes, bytes]]" = weakref.WeakKeyDictionary()
         self._fn_cache_strong: Dict[int, Tuple[Any, bytes, bytes]] = {}
-        self._in_flight = 0              # tasks sent and not resolved; changed only under _send_lock
+
+        # guarded by _send_lock: writes on the link, and the counters both writers change
         self._send_lock = threading.Lock()
-        self.link: Optional[Channel] = None
-        self.engine_cpu: Optional[int] = None
-        self._sleeping = False
-        self._closing = False
-        self._stopped = threading.Event()
-        self._fatal: Optional[BaseException] = None
-        self._thread: Optional[threading.Thread] = None
-        self.callbacks = CallbackThread(label)
-        self.ic_proc: Optional[subprocess.Popen] = None
-        self.ports: Dict[str, int] = {}    # {"manager_port": n}
-        self.memo_store = None            # a MemoStore, set by the executor
-        self._memo_keys: Dict[int, bytes] = {}
-        self.managers_connected = 0
-        self.last_refusal: Optional[dict] = None
-        self.stats = {"submitted": 0, "results": 0, "duplicates": 0, "failed": 0}
+        self._in_flight = 0                      # tasks sent and not resolved
+        self.stats = {"submitted": 0, "results": 0, "duplicates": 0, "failed": 0}   # the rest: I/O thread
+
+        # the I/O thread's own.  ``window`` (outstanding tasks allowed) is written by it alone, as
+        # managers come and go, and read lock-free by callers: a stale value only delays a send.
+        self.window = window
+        self._manager_workers: Dict[str, int] = {}   # connected manager -> its workers
+        self._total_workers = 0
+        self._cmd_futures: Dict[int, Future] = {}   # COMMANDs sent, by req_id, until their REPLY
+        self.managers_connected = 0                 # (read by anyone: a single int)
+        self.last_refusal: Optional[dict] = None    # (read by anyone)
+        # the last few failures, for ``faasx status`` (read from its thread: a deque, appends are atomic)
         self.recent_errors: Deque[Tuple[int, float, Optional[BaseException]]] = deque(maxlen=20)
+
+        # flags: each has one writer, and is read lock-free by the others
+        self._sleeping = False        # I/O thread: it is (about to be) in poll(); a caller that clears it wakes it
+        self._closing = False         # shutdown(), once: False -> True
+        self._fatal: Optional[BaseException] = None   # I/O thread, once: why every future failed
+        self._stopped = threading.Event()             # the I/O thread has ended
+        # runs the done-callbacks of futures the I/O thread resolves (its own thread, its own queue)
+        self.callbacks = CallbackThread(label)
+
+        # set by start() in the starting thread, before the I/O thread exists
+        self._ic: Optional[InterchangeProcess] = None
+        self.link: Optional[Channel] = None
+        self._thread: Optional[threading.Thread] = None
+        self._wake_r = self._wake_w = -1
+        self.memo_store = None        # a MemoStore, set by the executor before the first submit
 
     # ---- start -------------------------------------------------------------------------------
     def start(self, ic_config: dict, start_timeout: float = 30.0) -> Dict[str, int]:
@@ -267,69 +331,25 @@ class EngineClient:
                    heartbeat_period=self.heartbeat_period, heartbeat_threshold=self.heartbeat_threshold,
                    max_payload_size=self.max_payload_size, debug=self.debug)
         self.engine_cpu = ic_config.get("engine_cpu")
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        for end in (mine, theirs):
-            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-                try:
-                    end.setsockopt(socket.SOL_SOCKET, opt, LINK_BUFFER)
-                except OSError:
-                    pass
-        cfg["client_fd"] = theirs.fileno()
-        stderr_path = os.path.join(self.logdir, "interchange.stderr")
-        try:
-            with open_private(stderr_path, "ab") as err:
-                self.ic_proc = subprocess.Popen(command("faasx-interchange", "faasx.executor.interchange") + [self.logdir],
-                                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                                pass_fds=(theirs.fileno(),))
-        except BaseException:
-            mine.close()
-            raise
-        finally:
-            theirs.close()
-        self.link = Channel(mine, max_message=2 * self.max_payload_size + (64 << 20))
-        assert self.ic_proc.stdin is not None and self.ic_proc.stdout is not None
-        self.ic_proc.stdin.write(json.dumps(cfg).encode() + b"\n")
-        self.ic_proc.stdin.close()
-        ready, _, _ = select.select([self.ic_proc.stdout], [], [], start_timeout)
-        line = self.ic_proc.stdout.readline() if ready else b""
-        self.ic_proc.stdout.close()
-        if not line:
-            self.ic_proc.kill()
-            self.ic_proc.wait()
-            self.link.close()
-            with open(stderr_path, "rb") as f:
-                tail = f.read()[-2000:].decode(errors="replace")
-            raise InterchangeLost(f"executor {self.label}: the interchange did not start within {start_timeout}s "
-                                  f"(exit code {self.ic_proc.returncode}). Its stderr ({stderr_path}):\n{tail}")
-        self.ports = json.loads(line)
-
-        try:
-            reply = self._handshake(start_timeout)
-        except (OSError, ChannelClosed, ChannelError, P.ProtocolError) as e:
-            reply = e
-        if not isinstance(reply, list) or P.unpack(reply)[0] != P.WELCOME:
-            self._kill_interchange()
-            self.link.close()
-            raise InterchangeLost(f"executor {self.label}: the interchange did not answer HELLO within "
-                                  f"{start_timeout}s ({reply!r:.200}); see {self.logdir}/interchange.log")
+        self._ic = InterchangeProcess.start(self.label, self.logdir, cfg, self.token,
+                                            max_message=2 * self.max_payload_size + (64 << 20),
+                                            timeout=start_timeout)
+        self.link = self._ic.link
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._thread = threading.Thread(target=self._io_loop, name=f"faasx-io-{self.label}", daemon=True)
         self._thread.start()
         return self.ports
 
-    def _handshake(self, timeout: float) -> Any:
-        """HELLO -> WELCOME on the link, before the I/O thread exists (blocking, bounded by ``timeout``)."""
-        link = self.link
-        assert link is not None
-        link.sock.settimeout(timeout)
-        try:
-            link.send(P.pack_hello(self.token))
-            return link.recv()
-        except socket.timeout:
-            return "no answer"
-        finally:
-            link.sock.setblocking(False)
+    @property
+    def ports(self) -> Dict[str, Any]:
+        """The interchange's manager endpoints: {"manager_port": n, "manager_ipc": name or None}."""
+        return self._ic.ports if self._ic is not None else {}
+
+    @property
+    def ic_proc(self) -> Optional[subprocess.Popen]:
+        """The interchange process (for tests and diagnostics)."""
+        return self._ic.proc if self._ic is not None else None
 
     # ---- submit path (caller's thread) -------------------------------------------------------
     def function(self, fn: Callable) -> Tuple[bytes, bytes]:
@@ -337,48 +357,57 @@ class EngineClient:
         try:
             cached = self._fn_cache.get(fn)
         except TypeError:  # not weak-referenceable (builtins): keep a strong reference
-            entry = self._fn_cache_strong.get(id(fn))
-            if entry is not None and entry[0] is fn:
-                return entry[1], entry[2]
-            fid, code = serialize_function(fn)
-            if len(self._fn_cache_strong) > 10_000:
-                self._fn_cache_strong.clear()
-            self._fn_cache_strong[id(fn)] = (fn, fid, code)
-            return fid, code
+            return self._function_by_id(fn)
         if cached is None:
             cached = self._fn_cache[fn] = serialize_function(fn)
         return cached
 
+    def _function_by_id(self, fn: Callable) -> Tuple[bytes, bytes]:
+        entry = self._fn_cache_strong.get(id(fn))
+        if entry is not None and entry[0] is fn:
+            return entry[1], entry[2]
+        fid, code = serialize_function(fn)
+        if len(self._fn_cache_strong) > FN_CACHE_STRONG_MAX:
+            self._fn_cache_strong.clear()
+        self._fn_cache_strong[id(fn)] = (fn, fid, code)
+        return fid, code
+
     def submit(self, fid: bytes, code: Optional[bytes], kind: int, spec: Optional[dict],
                payload: bytes, memo_key: Optional[bytes] = None) -> TaskFuture:
-        if self._fatal is not None:
-            raise self._fatal
-        if self._closing:
-            raise ExecutorShutdown(f"executor {self.label} is shut down; no new tasks are accepted")
-        # every check before anything is recorded: submit() raises and leaves nothing, or succeeds
-        if code is None and fid not in self._known_fids:
-            raise FaaSXError(f"function {fid.hex()} has no code to send")
-        if spec is not None:
-            _check_spec(spec)
+        """File a future for the task and queue it (or, when nothing is outstanding, send it now)."""
+        self._check_task(fid, code, spec)    # every check before anything is recorded: all or nothing
         tid = next(self._ids)
         fut = TaskFuture(tid, self)
         self.futures[tid] = fut
         if memo_key is not None:
             self._memo_keys[tid] = memo_key
         if fid not in self._known_fids:
-            # queue the code before the id counts as known: another thread's task for this function
-            # must never reach the interchange ahead of its code
-            self._funcs_out.append((fid, code))
-            self._known_fids.add(fid)
+            self._queue_code(fid, code)
         task = P.Task(tid, fid, kind, spec, payload)
         if not self._in_flight and not self._tasks_out and len(payload) <= DIRECT_MAX_BYTES \
                 and self._send_direct(task):
             return fut
         self._tasks_out.append(task)
-        if self._sleeping:
+        if self._sleeping:      # set by the I/O thread before it computes its poll timeout: see _wait
             self._sleeping = False
             self._wake()
         return fut
+
+    def _check_task(self, fid: bytes, code: Optional[bytes], spec: Optional[dict]) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+        if self._closing:
+            raise ExecutorShutdown(f"executor {self.label} is shut down; no new tasks are accepted")
+        if code is None and fid not in self._known_fids:
+            raise FaaSXError(f"function {fid.hex()} has no code to send")
+        if spec is not None:
+            _check_spec(spec)
+
+    def _queue_code(self, fid: bytes, code: bytes) -> None:
+        # queue the code before the id counts as known: another thread's task for this function
+        # must never reach the interchange ahead of its code
+        self._funcs_out.append((fid, code))
+        self._known_fids.add(fid)
 
     def _send_direct(self, task: P.Task) -> bool:
         """Write a lone task to the link from the caller's thread (see the module docstring); False if
@@ -411,7 +440,8 @@ class EngineClient:
         except (BlockingIOError, OSError):
             pass
 
-    def _cancel(self, tid: int) -> None:
+    def cancel(self, tid: int) -> None:
+        """Ask the interchange to drop task ``tid`` if it is still queued (``TaskFuture.cancel``)."""
         self._cancel_out.append(tid)
         self._wake()
 
@@ -471,81 +501,84 @@ class EngineClient:
             self._stopped.set()
 
     def _io_loop_inner(self) -> None:
+        """Sleep until there is work, exchange messages, check the interchange; until it ends."""
         affinity.pin_this_thread(self.engine_cpu, f"executor {self.label}: I/O thread")
-        link = self.link
-        assert link is not None
-        lfd, wake_r = link.fileno(), self._wake_r
-        poller = select.poll()
-        poller.register(lfd, select.POLLIN)
-        poller.register(wake_r, select.POLLIN)
-        writing = False
-        now = time.monotonic()
-        last_hb = last_check = last_heard = now
+        assert self.link is not None
+        io = _LoopState(self.link, self._wake_r, time.monotonic())
         while True:
-            self._sleeping = True
-            if link.wants_write() != writing:
-                writing = not writing
-                poller.modify(lfd, select.POLLIN | select.POLLOUT if writing else select.POLLIN)
-            sendable = (self._tasks_out and self._in_flight < self.window) or self._cancel_out \
-                or self._terminate_out or self._cmds_out
-            timeout = 0 if sendable or self._closing else int(min(IC_CHECK_PERIOD, self.heartbeat_period) * 1000)
-            events = dict(poller.poll(timeout))
-            self._sleeping = False
+            events = self._wait(io)
             now = time.monotonic()
-            if wake_r in events:
-                try:
-                    os.read(wake_r, 65536)
-                except BlockingIOError:
-                    pass
+            outcome = self._exchange(io, events.get(io.lfd, 0), now) or self._check_interchange(io, now)
+            if outcome is _STOP:
+                return
+            if outcome is not None:
+                self._fail_everything(outcome)
+                return
+
+    def _wait(self, io: _LoopState) -> dict:
+        """Poll the link and the wake pipe; without a timeout only when nothing is waiting to be sent.
+
+        ``_sleeping`` is set before the outbox is looked at: a caller that queues a task after that
+        sees the flag and wakes us; one that queued before is seen here (timeout 0)."""
+        self._sleeping = True
+        io.watch_writable(self.link.wants_write())
+        sendable = (self._tasks_out and self._in_flight < self.window) or self._cancel_out \
+            or self._terminate_out or self._cmds_out
+        timeout = 0 if sendable or self._closing else int(min(IC_CHECK_PERIOD, self.heartbeat_period) * 1000)
+        events = dict(io.poller.poll(timeout))
+        self._sleeping = False
+        if io.wake_r in events:
             try:
-                ev = events.get(lfd, 0)
-                if ev & select.POLLOUT:
-                    with self._send_lock:
-                        link.flush()
-                if ev & ~select.POLLOUT:
-                    last_heard = now
-                    for frames in link.recv_available():
-                        self._handle(frames)
-                self._send_outgoing()
-                if self._closing:
-                    self._say_goodbye()
-                    return
-                if now - last_hb >= self.heartbeat_period:
-                    last_hb = now
-                    with self._send_lock:
-                        link.send_nowait(P.pack_heartbeat())
-            except (ChannelClosed, OSError) as e:
-                self._fail_everything(self._interchange_lost(f"closed its link ({type(e).__name__})"))
-                return
-            except ChannelError as e:
-                self._fail_everything(InterchangeLost(
-                    f"executor {self.label}: corrupt data from the interchange ({e}); this is a faasx bug, please "
-                    f"report it with {self.logdir}/interchange.log. Start a new executor to continue."))
-                return
-            if now - last_check >= IC_CHECK_PERIOD:
-                last_check = now
-                code = self.ic_proc.poll() if self.ic_proc is not None else None
-                if code is not None:
-                    self._fail_everything(self._interchange_lost(f"exited with code {code}"))
-                    return
-                if now - last_heard > self.heartbeat_threshold:
-                    self._fail_everything(InterchangeLost(
-                        f"executor {self.label}: the interchange has been silent for {now - last_heard:.1f}s "
-                        f"(heartbeat_threshold {self.heartbeat_threshold}s); pending tasks failed."))
-                    return
+                os.read(io.wake_r, 65536)
+            except BlockingIOError:
+                pass
+        return events
+
+    def _exchange(self, io: _LoopState, link_events: int, now: float) -> Any:
+        """Write and read the link; None to go on, ``_STOP`` after SHUTDOWN, or the error to fail with."""
+        link = self.link
+        try:
+            if link_events & select.POLLOUT:
+                with self._send_lock:
+                    link.flush()
+            if link_events & ~select.POLLOUT:
+                io.last_heard = now
+                for frames in link.recv_available():
+                    self._handle(frames)
+            self._send_outgoing()
+            if self._closing:
+                self._say_goodbye()
+                return _STOP
+            if now - io.last_hb >= self.heartbeat_period:
+                io.last_hb = now
+                with self._send_lock:
+                    link.send_nowait(P.pack_heartbeat())
+        except (ChannelClosed, OSError) as e:
+            return self._interchange_lost(f"closed its link ({type(e).__name__})")
+        except ChannelError as e:
+            return InterchangeLost(
+                f"executor {self.label}: corrupt data from the interchange ({e}); this is a faasx bug, please "
+                f"report it with {self.logdir}/interchange.log. Start a new executor to continue.")
+        return None
+
+    def _check_interchange(self, io: _LoopState, now: float) -> Optional[InterchangeLost]:
+        """Every IC_CHECK_PERIOD: has the interchange exited, or been silent too long?"""
+        if now - io.last_check < IC_CHECK_PERIOD:
+            return None
+        io.last_check = now
+        code = self._ic.poll() if self._ic is not None else None
+        if code is not None:
+            return self._interchange_lost(f"exited with code {code}")
+        if now - io.last_heard > self.heartbeat_threshold:
+            return InterchangeLost(
+                f"executor {self.label}: the interchange has been silent for {now - io.last_heard:.1f}s "
+                f"(heartbeat_threshold {self.heartbeat_threshold}s); pending tasks failed.")
+        return None
 
     def _interchange_lost(self, what: str) -> InterchangeLost:
-        proc = self.ic_proc
-        if proc is not None and "exited" not in what:
-            try:   # a closed link usually means the process died: name its exit code when it has one
-                code = proc.wait(1.0)
-                what = f"exited with code {code}"
-            except subprocess.TimeoutExpired:
-                pass
-        return InterchangeLost(
-            f"executor {self.label}: the interchange (pid {proc.pid if proc else '?'}) {what}; pending tasks "
-            f"cannot complete. See {self.logdir}/interchange.log and interchange.stderr. "
-            "Start a new executor to continue.")
+        if self._ic is None:
+            return InterchangeLost(f"executor {self.label}: the interchange {what}")
+        return self._ic.lost(what)
 
     def _say_goodbye(self) -> None:
         """Ask the interchange to stop (it tells its managers), waiting at most 2 s for the link."""
@@ -565,7 +598,10 @@ class EngineClient:
             link.send_nowait(P.pack_funcs([f[0] for f in funcs], [f[1] for f in funcs]))
 
     def _send_outgoing(self) -> None:
-        """Write everything the callers queued: code, tasks (within the window), cancels, commands."""
+        """Write everything the callers queued: code, tasks (within the window), cancels, commands.
+
+        One TASKS message per call, at most ``SEND_BATCH`` tasks (a byte bound on it would go in
+        ``_take_tasks``)."""
         with self._send_lock:
             link = self.link
             assert link is not None
@@ -673,6 +709,7 @@ class EngineClient:
         with self._send_lock:
             self._in_flight -= len(results)
         self.stats["results"] += len(results)
+        memo_keys, debug = self._memo_keys, self.debug    # locals: read once per result
         for res in results:
             fut = futures.pop(res.tid, None)
             if fut is None:
@@ -680,7 +717,7 @@ class EngineClient:
                 logger.error("executor %s: result for unknown or already resolved task %d dropped", self.label,
                              res.tid)
                 continue
-            if self._memo_keys:
+            if memo_keys:
                 self._remember(res)
             try:
                 _settle(fut, res)
@@ -688,7 +725,7 @@ class EngineClient:
                 pass
             if res.status != P.OK:
                 self._note_failure(res.tid, fut)
-            if self.debug:
+            if debug:
                 logger.debug("task %d resolved (status %d)", res.tid, res.status)
 
     def _note_failure(self, tid: int, fut: Future) -> None:
@@ -710,33 +747,36 @@ class EngineClient:
             for tid in tids:
                 self.futures.pop(tid, None)
 
-    def _event(self, body: Any) -> None:
-        if not isinstance(body, dict):
-            return
-        kind = body.get("kind")
-        if kind == "registered":
-            self.managers_connected += 1
-            self._track_workers(body.get("manager"), body.get("workers"))
-            logger.info("executor %s: manager %s of block %s connected with %s workers", self.label,
-                        body.get("manager"), body.get("block_id"), body.get("workers"))
-        elif kind == "lost":
-            self.managers_connected = max(0, self.managers_connected - 1)
-            self._track_workers(body.get("manager"), None)
-            # a manager leaving idle (scale-in, shutdown, drain) is routine; one that took tasks with it is not
-            affected = (body.get("requeued") or 0) + (body.get("failed") or 0)
-            logger.log(logging.WARNING if affected else logging.INFO,
-                       "executor %s: manager %s of block %s removed: %s (%d task(s) re-queued, %d failed)",
-                       self.label, body.get("manager"), body.get("block_id"), body.get("reason"),
-                       body.get("requeued") or 0, body.get("failed") or 0)
-        elif kind == "refused":
-            self.last_refusal = body
-            logger.error("executor %s: the interchange refused manager %s: %s", self.label, body.get("manager"),
-                         body.get("reason"))
+    def _event(self, body: dict) -> None:
+        handler = self._event_handlers.get(body["kind"])
+        if handler is not None:
+            handler(self, body)
+
+    def _on_registered(self, body: dict) -> None:
+        self.managers_connected += 1
+        self._track_workers(body.get("manager"), body.get("workers"))
+        logger.info("executor %s: manager %s of block %s connected with %s workers", self.label,
+                    body.get("manager"), body.get("block_id"), body.get("workers"))
+
+    def _on_lost(self, body: dict) -> None:
+        self.managers_connected = max(0, self.managers_connected - 1)
+        self._track_workers(body.get("manager"), None)
+        requeued, failed = body.get("requeued") or 0, body.get("failed") or 0
+        # a manager leaving idle (scale-in, shutdown, drain) is routine; one that took tasks with it is not
+        logger.log(logging.WARNING if requeued + failed else logging.INFO,
+                   "executor %s: manager %s of block %s removed: %s (%d task(s) re-queued, %d failed)",
+                   self.label, body.get("manager"), body.get("block_id"), body.get("reason"), requeued, failed)
+
+    def _on_refused(self, body: dict) -> None:
+        """A refused manager; with a version mismatch and no manager connected, no task can ever run."""
+        self.last_refusal = body
+        logger.error("executor %s: the interchange refused manager %s: %s", self.label, body.get("manager"),
+                     body.get("reason"))
+        if str(body.get("reason", "")).startswith("version mismatch") and self.managers_connected == 0:
             theirs = body.get("manager_versions")
-            if str(body.get("reason", "")).startswith("version mismatch") and self.managers_connected == 0:
-                err = VersionMismatch("manager " + str(body.get("manager")), body.get("interchange_versions") or {},
-                                      theirs if isinstance(theirs, dict) else {})
-                self._fail_pending(err)
+            self.fail_pending(VersionMismatch("manager " + str(body.get("manager")),
+                                              body.get("interchange_versions") or {},
+                                              theirs if isinstance(theirs, dict) else {}))
 
     def _track_workers(self, manager: Any, workers: Any) -> None:
         """A manager came (with ``workers``) or went (None): the window follows the workers connected."""
@@ -748,8 +788,11 @@ class EngineClient:
         self._total_workers += workers - gone
         self.window = max(self._base_window, WINDOW_PER_WORKER * self._total_workers)
 
+    _event_handlers = {"registered": _on_registered, "lost": _on_lost, "refused": _on_refused}
+
     # ---- failure and shutdown ----------------------------------------------------------------
-    def _fail_pending(self, exc: BaseException) -> None:
+    def fail_pending(self, exc: BaseException) -> None:
+        """Fail every pending future with ``exc`` and drop the tasks not yet sent (any thread)."""
         futures = self.futures
         for tid in list(futures):
             fut = futures.pop(tid, None)
@@ -764,10 +807,11 @@ class EngineClient:
             self._in_flight = 0
 
     def _fail_everything(self, exc: BaseException) -> None:
+        """The engine is gone: fail futures and requests, refuse new work, tell the executor (I/O thread)."""
         if self._fatal is None:
             self._fatal = exc
             logger.error("%s", exc)
-        self._fail_pending(exc)
+        self.fail_pending(exc)
         for fut in list(self._cmd_futures.values()) + [c[3] for c in self._cmds_out]:
             if not fut.done():
                 fut.set_exception(exc)
@@ -785,11 +829,6 @@ class EngineClient:
     def healthy(self) -> bool:
         return self._fatal is None and not self._closing
 
-    def _kill_interchange(self) -> None:
-        if self.ic_proc is not None and self.ic_proc.poll() is None:
-            self.ic_proc.kill()
-            self.ic_proc.wait()
-
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the interchange (which tells its managers to exit) and the I/O thread; fail what is left."""
         if self._closing:
@@ -798,13 +837,8 @@ class EngineClient:
         if self._thread is not None and self._thread.is_alive():
             self._wake()
             self._stopped.wait(timeout)
-        if self.ic_proc is not None:
-            try:
-                self.ic_proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                logger.warning("executor %s: the interchange did not exit within %ss; killing it", self.label, timeout)
-                self._kill_interchange()
-        self._fail_pending(ExecutorShutdown(f"executor {self.label} was shut down before the task finished"))
+        self._stop_interchange(timeout)
+        self.fail_pending(ExecutorShutdown(f"executor {self.label} was shut down before the task finished"))
         self.callbacks.stop(timeout)
         if self._thread is not None:
             self._thread.join(timeout)
@@ -812,3 +846,12 @@ class EngineClient:
                 self.link.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
+
+    def _stop_interchange(self, timeout: float) -> None:
+        if self._ic is None:
+            return
+        try:
+            self._ic.wait(timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning("executor %s: the interchange did not exit within %ss; killing it", self.label, timeout)
+            self._ic.kill()

@@ -18,7 +18,7 @@ from parsl.providers.base import ExecutionProvider
 from parsl.utils import RepresentationMixin
 from typeguard import typechecked
 
-from faasx.errors import PayloadTooLarge, UnknownFunction
+from faasx.errors import PayloadTooLarge
 from faasx.executor import affinity
 from faasx.executor import protocol as P
 from faasx.executor.client import EngineClient, TaskFuture
@@ -419,20 +419,27 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
             self.validate_resource_spec(resource_specification)
             spec = self._routing_spec(resource_specification)
             memoize = bool(resource_specification.get("memoize"))
-        if isinstance(func, str):
-            entry = self._registry.get(func)
-            fid, code = entry.fid, entry.code
-            if entry.spec:
-                spec = dict(entry.spec, **(spec or {}))
-            memoize = memoize or entry.memoize
-        else:
-            fid, code = client.function(func)
+        fid, code, fn_spec, fn_memoize = self.function_for(func)
+        if fn_spec:
+            spec = dict(fn_spec, **(spec or {}))
+        memoize = memoize or fn_memoize
         payload = serialize((args, kwargs), "the arguments")
         if len(payload) > self.max_payload_size:
             raise PayloadTooLarge("the arguments", len(payload), self.max_payload_size)
         if memoize:
             return self._memoized(fid, code, spec, payload)
         return client.submit(fid, code, P.KIND_CALL, spec, payload)
+
+    def function_for(self, func: Union[Callable, str]) -> Tuple[bytes, Optional[bytes], Optional[dict], bool]:
+        """(function id, code, routing spec, memoize) for a callable or a registered function id;
+        a callable's code is serialized once per function object."""
+        if isinstance(func, str):
+            entry = self._registry.get(func)
+            return entry.fid, entry.code, entry.spec, entry.memoize
+        if self._client is None:
+            raise RuntimeError(f"executor {self.label} is not started (call start(), or use it in parsl.load)")
+        fid, code = self._client.function(func)
+        return fid, code, None, False
 
     def _memoized(self, fid: bytes, code: Optional[bytes], spec: Optional[dict], payload: bytes) -> Future:
         """The hit path: a future resolved here and now, or the future of an identical running call."""
@@ -491,6 +498,21 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
     def registered_functions(self) -> List[dict]:
         return self._registry.listing()
 
+    def terminate(self, future: Future) -> bool:
+        """Stop a task even while it runs (``EngineClient.terminate``); ValueError if not started."""
+        if self._client is None:
+            raise ValueError("terminate() takes a future returned by this executor's submit() or map()")
+        return self._client.terminate(future)
+
+    def cancel_pending(self) -> None:
+        """Cancel every task no worker has taken, in one pass (``shutdown(cancel_futures=True)``)."""
+        if self._client is not None:
+            self._client.cancel_pending()
+
+    def on_callback_thread(self) -> bool:
+        """Whether the calling thread is the one running this executor's done-callbacks."""
+        return self._client is not None and self._client.callbacks.is_current()
+
     def outstanding(self) -> int:
         return self._client.outstanding if self._client is not None else 0
 
@@ -508,7 +530,7 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
         self._executor_bad_state.set()
         if self._client is not None:
             from parsl.executors.errors import BadStateException
-            self._client._fail_pending(BadStateException(self, exception))
+            self._client.fail_pending(BadStateException(self, exception))
 
     # ---- blocks ------------------------------------------------------------------------------
     def _ask(self, name: str, args: Any = None, default: Any = None) -> Any:

@@ -15,7 +15,7 @@ import threading
 import time
 import weakref
 from concurrent.futures import Future
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Union
 
 from faasx.errors import refuse_pickling
 from faasx.executor.options import check_standalone, max_workers_alias
@@ -136,10 +136,9 @@ class Executor(concurrent.futures.Executor):
         """Stop a task even while it runs (``cancel()`` keeps the stdlib contract and does not): its
         worker's whole process group is killed, the worker replaced, and the future fails with
         ``CancelledError``.  A task not yet running is simply cancelled.  False if it is done already."""
-        client = self.executor._client
-        if client is None or not hasattr(future, "parsl_executor_task_id"):
+        if not hasattr(future, "parsl_executor_task_id"):
             raise ValueError("terminate() takes a future returned by this executor's submit() or map()")
-        return client.terminate(future)
+        return self.executor.terminate(future)
 
     def submit_batch(self, calls: Iterable[Sequence[Any]]) -> List[Future]:
         """Submit many calls at once: each item is ``(fn, args)``, ``(fn, args, kwargs)`` or
@@ -170,11 +169,7 @@ class Executor(concurrent.futures.Executor):
             Progress(singles, unit="call").in_background()
             return self._chunk_results(singles, None if timeout is None else timeout + time.monotonic(), False)
         end_time = None if timeout is None else timeout + time.monotonic()
-        if isinstance(fn, str):
-            fid, code, spec = self.executor._registry.lookup(fn)
-        else:
-            fid, code = self.executor._client.function(fn)
-            spec = None
+        fid, code, spec, _ = self.executor.function_for(fn)
         zipped = zip(*iterables)
         futures: List[Future] = []
         sizes: List[int] = []
@@ -215,17 +210,16 @@ class Executor(concurrent.futures.Executor):
             self._shut_down = True
             if self._torn_down:
                 return
-        client = self.executor._client
-        pending = list(client.futures.values()) if client is not None else []
-        if cancel_futures and client is not None:
-            client.cancel_pending()
+        pending = list(self.executor.tasks.values())
+        if cancel_futures:
+            self.executor.cancel_pending()
         if not wait:
             if self._finisher is None:
                 self._finisher = threading.Thread(target=self._finish, args=(pending,), name="faasx-shutdown",
                                                   daemon=True)
                 self._finisher.start()
             return
-        if client is not None and client.callbacks.is_current():
+        if self.executor.on_callback_thread():
             # ProcessPoolExecutor raises here too (its thread cannot join itself): this thread would
             # wait for callbacks queued behind the one running now
             raise RuntimeError("cannot shutdown(wait=True) from a faasx done-callback: the callback thread "
