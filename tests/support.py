@@ -5,20 +5,30 @@ import time
 from typing import Any, Callable, Union
 
 
-def wait_for(fn: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
-             what: Union[str, Callable[[], str], None] = None) -> Any:
-    """Poll ``fn`` until it returns something truthy and return that; fail after ``timeout`` seconds,
-    saying what was awaited (``what``: a string, or a callable giving one at failure time) and the
-    last value seen.  Tests wait for conditions this way, never by sleeping a fixed time."""
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0,
+               what: Union[str, Callable[[], str], None] = None, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy and return that; fail after ``timeout``
+    seconds, saying what was awaited (``what``: a string, or a callable giving one at failure time)
+    and the last value seen.  The one way tests wait for a condition: never a fixed sleep, never a
+    hand-written deadline loop."""
     deadline = time.monotonic() + timeout
     while True:
-        value = fn()
+        value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            text = what() if callable(what) else (what or getattr(fn, "__name__", "condition"))
+            text = what() if callable(what) else (what or getattr(predicate, "__name__", "condition"))
             raise AssertionError(f"timed out after {timeout}s waiting for {text}; last value: {value!r}")
         time.sleep(interval)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (an exited child not yet reaped)."""
+    import psutil
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 # ---- podman, as these machines run it (/work/shared/recipes/podman.md) ----------------------------

@@ -35,18 +35,24 @@ of one host share a CPU (``affinity``).
 
 Moving parts, one module each:
 
-``protocol``       the wire format: msgpack headers, opaque payload frames, message types, versions.
+``protocol``       the wire spec and the only code that builds or reads a message: hops, framing,
+                   message types and bodies, dialogs, versions; ``Task``/``Result`` records.
 ``serialization``  dill for functions (content-addressed), pickle-then-dill for data, exceptions.
 ``client``         ``EngineClient``: futures table, outbox, the I/O thread, interchange liveness.
+``spawn``          ``InterchangeProcess``: the client starts its interchange and shakes hands with it.
 ``affinity``       ``engine_cpu``: one CPU per host for the engine's own threads.
-``scheduling``     ``Scheduler``: the interchange's pure decision core (queues, managers, ownership).
-``interchange``    the process around the scheduler: the client link, the managers' ROUTER socket, heartbeats, expiry.
-``worker_table``   ``WorkerTable``: the manager's pure worker bookkeeping, adaptive batching, which workers to run.
+``scheduling``     ``Scheduler``: the interchange's pure decision core (queues, managers, ownership;
+                   ``validate()`` checks its invariant).
+``interchange``    the process around the scheduler: the client link, the managers' ROUTER socket,
+                   heartbeats, expiry; one handler per message type.
+``worker_table``   ``WorkerTable``: the manager's pure worker bookkeeping, adaptive batching (up to
+                   ~4 ms of work, at most 256 tasks, per worker message), which workers to run.
 ``worker_processes`` ``WorkerProcesses``: the manager's worker processes and their socketpair channels.
 ``manager``        the per-node process: its event loop, registration, workers, heartbeats, drain.
                    Per-function container workers: ``faasx.containers.workers`` (the container package).
 ``channel``        the links within a host: framed messages over an inherited socketpair, non-blocking sends.
 ``sockets``        hot-path ZeroMQ send and drain.
+``processes``      how faasx starts its processes: role in the command line, die with the parent.
 ``memo``           memoization keys and the (optionally SQLite-backed) result store.
 ``worker``         the process that runs functions (and a task's cores/memory limits).
 ``security``       the run kept private to its user: 0700/0600 files, credentials, CurveZMQ on the manager port.
@@ -60,6 +66,12 @@ Moving parts, one module each:
 ``mpi``            MPI mode's pure core: resource keys, ``PARSL_*_PREFIX`` builders, the block's nodes,
                    ``MpiWorkerTable`` (the manager's table when tasks take whole nodes of a shared pool).
 ``mpi_executor``   ``MPIExecutor``: ``FaaSExecutor`` in MPI mode (one manager per block), Parsl's signature.
+
+Batch sizes on the hot path: the client sends up to 8,192 tasks per TASKS message (``SEND_BATCH``,
+within ``window`` outstanding); the interchange reads up to 2,000 messages from the managers'
+socket per loop iteration (``RECV_BATCH``), sends each manager that got work one TASKS message per
+iteration (the queue shared among the managers with room, none past workers + prefetch), and the
+client one RESULTS message per iteration.
 
 Reliability in one paragraph: the interchange records which manager owns each task and accepts a
 result only from the owner.  A worker that dies is reported by its manager (WORKER_LOST); a manager

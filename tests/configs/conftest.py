@@ -20,12 +20,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-for _path in (ROOT, os.path.join(ROOT, "tests", "launchers")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import launch_shims  # noqa: E402
+import launch_shims  # noqa: E402  (on sys.path: the repository's conftest.py)
 
 _SUBMIT = r'''
 import json, os, shutil, sys

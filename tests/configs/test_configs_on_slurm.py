@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from tests.support import wait_until
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Tasks are functions of this module, sent by reference: the blocks import it.
 WORKER_INIT = f"export PYTHONPATH={HERE}${{PYTHONPATH:+:$PYTHONPATH}}"
@@ -73,7 +75,5 @@ def test_generic_config_runs_functions_on_the_real_cluster(site, slurm_env, tmp_
     assert int(seen["FAASX_WALLTIME_END"]) > time.time()
     if site == "slurm_cluster":
         assert seen["SLURM_STEP_ID"] not in (None, "batch"), "the manager ran in an srun step, not the batch script"
-    deadline = time.monotonic() + 60
-    while _live_jobs(job_ids):
-        assert time.monotonic() < deadline, f"jobs {_live_jobs(job_ids)} still in squeue after shutdown"
-        time.sleep(0.5)
+    wait_until(lambda: not _live_jobs(job_ids), 60, lambda: f"jobs {_live_jobs(job_ids)} to leave squeue after "
+               "shutdown", interval=0.5)

@@ -5,12 +5,12 @@ and leave nothing behind; the command construction itself is tested in tests/lau
 from __future__ import annotations
 
 import os
-import time
 
 import psutil
 import pytest
 
 import faasx
+from tests.support import alive, wait_until
 
 FAKE_APPTAINER = r'''#!/bin/sh
 [ "$1" = exec ] || exit 64
@@ -56,8 +56,5 @@ def test_apptainer_style_workers_use_the_socket_channel_and_stay_warm(tmp_path, 
         assert fake_apptainer.read_text().split() == ["/images/sci.sif"], "one container start"
         plain_pid, _ = ex.submit(who).result(timeout=30)
         assert plain_pid != pid and "--connect" not in " ".join(psutil.Process(plain_pid).cmdline())
-    deadline = time.monotonic() + 10
-    while psutil.pid_exists(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    wait_until(lambda: not alive(pid), 10, f"the container worker (pid {pid}) to exit")
     assert not os.path.exists(sock_dir), "the socket directory is removed"

@@ -17,7 +17,7 @@ import pytest
 
 import faasx
 from faasx.containers import ContainerStartError, container_key
-from tests import support
+from tests.support import wait_until
 
 HEARTBEATS = dict(heartbeat_period=0.5, heartbeat_threshold=10.0)
 
@@ -34,10 +34,6 @@ def where_am_i():
     except FileNotFoundError:
         marker = None
     return marker, os.environ.get("FAASX_WORKER_ID"), token, os.getpid()
-
-
-def wait_for(predicate, timeout, what, interval=0.1):
-    return support.wait_for(predicate, timeout, interval, what)
 
 
 def warm_keys(ex):
@@ -73,7 +69,7 @@ def test_function_runs_in_its_container_stays_warm_and_plain_functions_stay_on_t
             assert again[:3] == first[:3], "the same warm worker (worker id, process token)"
         assert podman_counter.runs() == 1, "warm calls start no container"
         assert len(containers_of(test_image)) == 1
-        wait_for(lambda: key in warm_keys(ex), 10, "the manager to report the key warm")
+        wait_until(lambda: key in warm_keys(ex), 10, "the manager to report the key warm")
 
         marker_on_host, _, plain_token, plain_pid = ex.submit(where_am_i).result(timeout=60)
         assert marker_on_host is None and plain_token != first[2]
@@ -84,7 +80,7 @@ def test_function_runs_in_its_container_stays_warm_and_plain_functions_stay_on_t
         report(capsys, f"container call latency: cold {cold * 1000:.0f} ms (podman run + worker start), "
                        f"warm median {statistics.median(warm) * 1000:.2f} ms, "
                        f"max {max(warm) * 1000:.2f} ms over {len(warm)} calls")
-    wait_for(lambda: containers_of(test_image) == [], 30, "the container to be gone after shutdown")
+    wait_until(lambda: containers_of(test_image) == [], 30, "the container to be gone after shutdown")
 
 
 @pytest.mark.podman
@@ -131,13 +127,13 @@ def test_container_type_cap_and_replacing_idle_workers(tmp_path, image_spec, tes
         b1 = ex.submit(fb).result(timeout=120)
         assert a1[0] == b1[0] == marker and a1[2] != b1[2]
         assert podman_counter.runs() == 2
-        wait_for(lambda: warm_keys(ex) == [container_key(spec_b)], 20,
+        wait_until(lambda: warm_keys(ex) == [container_key(spec_b)], 20,
                  "A's worker to be retired: one container type per node")
-        wait_for(lambda: len(containers_of(test_image)) == 1, 30, "A's container to be removed")
+        wait_until(lambda: len(containers_of(test_image)) == 1, 30, "A's container to be removed")
         a2 = ex.submit(fa).result(timeout=120)
         assert a2[2] != a1[2] and podman_counter.runs() == 3, "A starts cold again"
         assert ex.submit(where_am_i).result(timeout=60)[0] is None, "plain tasks still run on the host"
-    wait_for(lambda: containers_of(test_image) == [], 30, "no container left after shutdown")
+    wait_until(lambda: containers_of(test_image) == [], 30, "no container left after shutdown")
 
 
 @pytest.mark.podman
@@ -150,7 +146,7 @@ def test_one_worker_node_alternates_between_plain_and_container_work(tmp_path, i
             assert ex.submit(where_am_i).result(timeout=60)[0] is None
         mixed = [ex.submit(fid) if i % 2 else ex.submit(where_am_i) for i in range(6)]
         assert [f.result(timeout=120)[0] for f in mixed] == [None, marker] * 3
-    wait_for(lambda: containers_of(test_image) == [], 30, "no container left after shutdown")
+    wait_until(lambda: containers_of(test_image) == [], 30, "no container left after shutdown")
 
 
 @pytest.mark.podman
@@ -176,9 +172,9 @@ def test_container_workers_die_with_a_killed_manager(tmp_path, image_spec, test_
         assert len(containers_of(test_image)) == 1
         manager_pid = ex.executor.connected_managers()[0]["pid"]
         os.kill(manager_pid, signal.SIGKILL)
-        wait_for(lambda: containers_of(test_image) == [], 30,
+        wait_until(lambda: containers_of(test_image) == [], 30,
                  "the container to exit once its manager is gone (the worker's socket reaches end of file)")
-        wait_for(lambda: not [p for p in psutil.process_iter(["cmdline"])
+        wait_until(lambda: not [p for p in psutil.process_iter(["cmdline"])
                               if "faasx-container-worker" in " ".join(p.info["cmdline"] or [])
                               and str(tmp_path) in " ".join(p.info["cmdline"] or [])], 10,
                  "the podman run process to exit")
@@ -206,8 +202,8 @@ def test_a_container_worker_that_dies_mid_task_is_replaced_and_the_task_retried(
         assert ex.submit(fid, str(shared / "crashed")).result(timeout=120) == marker
         assert (shared / "crashed").exists()
         assert podman_counter.runs() == 2, "the dead worker's container was replaced"
-        wait_for(lambda: len(containers_of(test_image)) == 1, 30, "the dead worker's container to be removed")
-    wait_for(lambda: containers_of(test_image) == [], 30, "no container left after shutdown")
+        wait_until(lambda: len(containers_of(test_image)) == 1, 30, "the dead worker's container to be removed")
+    wait_until(lambda: containers_of(test_image) == [], 30, "no container left after shutdown")
 
 
 @pytest.mark.podman

@@ -17,20 +17,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 
 import pytest
 
 from tests import support
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HERE = os.path.dirname(os.path.abspath(__file__))
-for _path in (ROOT, HERE):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import launch_shims  # noqa: E402
+import launch_shims  # noqa: E402  (on sys.path: the repository's conftest.py)
 
 MARKER = "faasx-test-image-marker"
 @pytest.fixture
@@ -60,13 +53,9 @@ def run_fragment():
     return run
 
 
-def _wait_for(fn, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
-    return support.wait_for(fn, timeout, interval, what)
-
-
 @pytest.fixture
 def wait_for():
-    return _wait_for
+    return support.wait_until
 
 
 # -- podman ---------------------------------------------------------------------------------------------

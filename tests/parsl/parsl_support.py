@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from typing import Callable, Dict, Iterable, Optional
+from typing import Dict, Iterable, Optional
 
 import psutil
 
@@ -29,17 +29,7 @@ from tests import support
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def wait_until(pred: Callable[[], object], timeout: float, what, interval: float = 0.1):
-    """Poll ``pred`` until it returns something truthy; fail after ``timeout`` seconds.  ``what`` (a
-    string, or a callable giving one at failure time) says what was awaited."""
-    return support.wait_for(pred, timeout, interval, what)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+wait_until = support.wait_until   # re-exported: the Parsl tests import it from here
 
 
 def faasx_processes(run_dir: Optional[str] = None, pids: Iterable[int] = ()) -> Dict[int, str]:
@@ -50,7 +40,7 @@ def faasx_processes(run_dir: Optional[str] = None, pids: Iterable[int] = ()) -> 
     for line in out.splitlines():
         pid_text, _, cmdline = line.partition(" ")
         pid = int(pid_text)
-        if pid == os.getpid() or not _alive(pid):
+        if pid == os.getpid() or not support.alive(pid):
             continue
         if pid in wanted or (run_dir and run_dir in cmdline):
             found[pid] = cmdline

@@ -18,17 +18,13 @@ Mark tests that need the cluster with ``@pytest.mark.slurm``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import subprocess
-import sys
 
 import pytest
 
 from tests import support
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 
 @dataclasses.dataclass
@@ -93,9 +89,8 @@ def squeue_ids(slurm_cluster):
 
 @pytest.fixture
 def wait_for():
-    def wait(fn, timeout=30.0, interval=0.2, what=None):
-        return support.wait_for(fn, timeout, interval, what)
-    return wait
+    """``tests.support.wait_until``, polling less often: the conditions here ask the scheduler."""
+    return functools.partial(support.wait_until, interval=0.2)
 
 
 def _cleanup(providers):

@@ -6,12 +6,12 @@ import os
 import subprocess
 import time
 
-import psutil
 import pytest
 
 from faasx.errors import ScaleOutFailed
 from faasx.providers.base import (CommandNotFound, CommandTimeout, format_walltime, job_environment, run_command,
                                   status_command, submit_command, walltime_to_seconds)
+from tests.support import alive, wait_until
 
 
 def _script(path, body):
@@ -33,10 +33,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
         run_command(["bash", "-c", f"sleep 60 & echo $! > {pidfile}; wait"], 0.5)
     assert time.monotonic() - start < 5
     child = int(pidfile.read_text())
-    deadline = time.monotonic() + 5
-    while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
-        assert time.monotonic() < deadline, "the timed-out command's child survived"
-        time.sleep(0.05)
+    wait_until(lambda: not alive(child), 5, "the timed-out command's child to be gone")
 
 
 def test_missing_command_names_the_scheduler(tmp_path):

@@ -10,29 +10,19 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
 from tests import support
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FAKES = os.path.join(ROOT, "tests", "fakes")
-for path in (ROOT, FAKES, os.path.join(FAKES, "cobalt")):
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
+# _cobalt and kube_api are on sys.path through the repository's conftest.py
 from _cobalt import BIN_DIR, ENV_DIR, FakeCobalt  # noqa: E402
 from kube_api import FakeKubeAPI  # noqa: E402
 
 
-def _wait_for(fn, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
-    return support.wait_for(fn, timeout, interval, what)
-
-
 @pytest.fixture
 def wait_for():
-    return _wait_for
+    return support.wait_until
 
 
 @pytest.fixture

@@ -26,21 +26,16 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
 import time
 from typing import Dict, List, Optional
 
 import psutil
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
 _REPORT: Dict[str, dict] = {}
 
 
-from tests.support import wait_for  # noqa: E402,F401  (re-exported for the tests here)
+from tests.support import wait_until  # noqa: E402,F401  (re-exported for the tests here)
 
 
 @pytest.fixture

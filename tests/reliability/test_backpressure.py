@@ -18,7 +18,7 @@ import time
 
 import psutil
 
-from .conftest import engine_procs, wait_for
+from .conftest import engine_procs, wait_until
 
 N = int(os.environ.get("FAASX_BACKPRESSURE_TASKS", 1_000_000))
 MB = 2 ** 20
@@ -33,7 +33,7 @@ def test_interchange_and_manager_memory_stay_bounded_under_a_flood(make_executor
     client = ex.executor._client
     window = client.window
     ic_pid = client.ic_proc.pid
-    wait_for(lambda: ex.executor.connected_managers(), 30, what="the manager to register")
+    wait_until(lambda: ex.executor.connected_managers(), 30, what="the manager to register")
     manager_pid = engine_procs(ex, "faasx-manager")[0].pid
 
     def slow(i):
@@ -60,7 +60,7 @@ def test_interchange_and_manager_memory_stay_bounded_under_a_flood(make_executor
         assert held <= capacity
     submit_seconds = time.monotonic() - t0
     # the window fills up: the interchange holds (close to) window tasks, the rest wait in the client
-    full = wait_for(lambda: (lambda s: s if s["tasks"] >= min(window, N) * 0.9 else None)(
+    full = wait_until(lambda: (lambda s: s if s["tasks"] >= min(window, N) * 0.9 else None)(
         ex.executor.interchange_stats()), 60, what="the interchange's window to fill")
     final = {"client_mb": rss(os.getpid()), "interchange_mb": rss(ic_pid), "manager_mb": rss(manager_pid)}
     done = sum(f.done() for f in futures)

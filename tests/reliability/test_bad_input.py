@@ -15,7 +15,7 @@ import pytest
 
 from faasx.errors import FunctionExited, PayloadTooLarge, SerializationError, WorkerLost
 
-from .conftest import assert_no_leftovers, shared_executor, engine_procs, wait_for
+from .conftest import assert_no_leftovers, shared_executor, engine_procs, wait_until
 
 LIMIT = 1 << 20          # max_payload_size of the module's executor: 1 MiB
 T = 60                   # every result() has a timeout
@@ -123,7 +123,7 @@ def test_os_exit_is_worker_lost_after_retries(ex, tmp_path):
     assert "exited with code 3" in str(info.value)
     assert ex.executor.interchange_stats()["retried"] == before + 1
     # the manager replaced the dead workers
-    wait_for(lambda: len(engine_procs(ex, "faasx-worker")) == 2, 20, what="the manager to restart its workers")
+    wait_until(lambda: len(engine_procs(ex, "faasx-worker")) == 2, 20, what="the manager to restart its workers")
     healthy(ex)
 
 
@@ -205,7 +205,7 @@ def test_children_that_never_exit_are_gone_after_shutdown(make_executor):
             except psutil.NoSuchProcess:
                 pass
         return True
-    wait_for(gone, 10, what=f"the functions' children {pids} to be gone after shutdown")
+    wait_until(gone, 10, what=f"the functions' children {pids} to be gone after shutdown")
 
 
 def test_function_that_never_returns_can_be_cancelled(make_executor):
@@ -220,7 +220,7 @@ def test_function_that_never_returns_can_be_cancelled(make_executor):
     stuck = ex.submit(forever)
     queued = [ex.submit(forever) for _ in range(3)]
     # the first two run; wait until the interchange has handed them to the manager
-    wait_for(lambda: any(m["tasks"] >= 2 for m in ex.executor.connected_managers()), 20,
+    wait_until(lambda: any(m["tasks"] >= 2 for m in ex.executor.connected_managers()), 20,
              what="the never-returning tasks to reach the manager")
     assert stuck.cancel()
     assert stuck.cancelled()

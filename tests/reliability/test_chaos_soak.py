@@ -23,7 +23,7 @@ import pytest
 
 from faasx.providers import LocalProvider
 
-from .conftest import engine_procs, wait_for
+from .conftest import engine_procs, wait_until
 
 N_TASKS = int(os.environ.get("FAASX_SOAK_TASKS", 24000))
 BLOCKS = 3
@@ -78,7 +78,7 @@ def test_chaos_soak_every_future_resolves_once_and_correctly(make_executor, repo
     provider = QuicklyPolledLocalProvider(init_blocks=BLOCKS, min_blocks=BLOCKS, max_blocks=BLOCKS)
     ex = make_executor(provider=provider, strategy="simple", strategy_period=0.5, max_workers_per_node=WORKERS,
                        heartbeat_period=0.5, heartbeat_threshold=3, max_retries_on_system_failure=50)
-    wait_for(lambda: len(ex.executor.connected_managers()) == BLOCKS, 60, what=f"{BLOCKS} managers to register")
+    wait_until(lambda: len(ex.executor.connected_managers()) == BLOCKS, 60, what=f"{BLOCKS} managers to register")
 
     def work(i):
         import time
@@ -140,7 +140,7 @@ def test_chaos_soak_every_future_resolves_once_and_correctly(make_executor, repo
     assert blocks_started >= BLOCKS + 1, "the strategy replaced killed blocks"
     # the executor is whole again: BLOCKS managers serve, and every other manager that ever registered
     # was declared lost (a manager killed before it registered was never known to the interchange)
-    wait_for(lambda: len(ex.executor.connected_managers()) == BLOCKS, 60, what="the blocks to be replaced")
+    wait_until(lambda: len(ex.executor.connected_managers()) == BLOCKS, 60, what="the blocks to be replaced")
     stats = ex.executor.interchange_stats()
     assert stats["managers_lost"] == stats["managers_registered"] - BLOCKS, stats
     assert stats["managers_lost"] >= 1

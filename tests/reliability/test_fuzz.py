@@ -31,7 +31,7 @@ from faasx.errors import WorkerLost
 from faasx.executor import protocol as P
 from faasx.executor.serialization import serialize
 
-from .conftest import shared_executor, interchange_log, log_text, wait_for
+from .conftest import shared_executor, interchange_log, log_text, wait_until
 
 LIMIT = 1 << 20
 T = 60
@@ -96,7 +96,7 @@ def expect_counted(ex, before: dict, malformed: int, refused: int = 0) -> dict:
     """Wait until the interchange has counted exactly the messages we sent."""
     target_m = before["malformed"] + malformed
     target_r = before["managers_refused"] + refused
-    after = wait_for(lambda: (lambda s: s if s["malformed"] >= target_m and s["managers_refused"] >= target_r
+    after = wait_until(lambda: (lambda s: s if s["malformed"] >= target_m and s["managers_refused"] >= target_r
                               else None)(stats(ex)), 30, what=f"{malformed} malformed and {refused} refused")
     assert after["malformed"] == target_m and after["managers_refused"] == target_r, (after, target_m, target_r)
     return after
@@ -256,7 +256,7 @@ def test_forged_results_from_a_stranger_do_not_resolve_futures(ex, zctx):
 
     fut = ex.submit(slow, "real")
     tid = fut.parsl_executor_task_id
-    wait_for(lambda: sum(m["tasks"] for m in ex.executor.connected_managers()) >= 1, 20, what="the task to be dispatched")
+    wait_until(lambda: sum(m["tasks"] for m in ex.executor.connected_managers()) >= 1, 20, what="the task to be dispatched")
     before = stats(ex)
     forger = dealer(zctx, ex, "manager_port")
     forger.send_multipart(P.pack(P.RESULTS, [[tid, P.OK]], [serialize("forged")]))
@@ -296,7 +296,7 @@ CHANNEL_ABUSE = {
 @pytest.mark.parametrize("abuse", sorted(CHANNEL_ABUSE))
 def test_worker_channel_abuse_never_hangs_or_kills_the_manager(ex, abuse, report):
     data, frames, nap = CHANNEL_ABUSE[abuse]
-    managers = {m["pid"] for m in wait_for(ex.executor.connected_managers, 30, what="the manager to register")}
+    managers = {m["pid"] for m in wait_until(ex.executor.connected_managers, 30, what="the manager to register")}
 
     def slow(i):
         import time
@@ -333,7 +333,7 @@ def test_forged_result_from_a_function_does_not_resolve_another_task(ex):
         return x
 
     victim = ex.submit(slow, "real")
-    wait_for(lambda: sum(m["tasks"] for m in ex.executor.connected_managers()) >= 1, 20, what="the victim to run")
+    wait_until(lambda: sum(m["tasks"] for m in ex.executor.connected_managers()) >= 1, 20, what="the victim to run")
     tid = victim.parsl_executor_task_id
     forged = P.pack(P.RESULTS, [[tid, P.OK]], [serialize("forged")])
     forger = ex.submit(_write_to_my_channel, b"", 0.0, forged)

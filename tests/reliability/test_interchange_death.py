@@ -15,7 +15,7 @@ import pytest
 
 from faasx.errors import InterchangeLost
 
-from .conftest import assert_no_leftovers, engine_procs, wait_for
+from .conftest import assert_no_leftovers, engine_procs, wait_until
 
 HB = dict(heartbeat_period=0.5, heartbeat_threshold=3)
 ROUNDS = 3
@@ -37,7 +37,7 @@ def test_interchange_sigkill_fails_pending_futures_and_executor_restarts(make_ex
             [i * i for i in range(50)]
         running = [ex.submit(nap, i, 60) for i in range(2)]           # at the workers
         queued = [ex.submit(nap, i, 0.01) for i in range(2, 2000)]    # at the interchange / manager
-        wait_for(lambda: sum(m["tasks"] for m in ex.executor.connected_managers()) >= 2, 30,
+        wait_until(lambda: sum(m["tasks"] for m in ex.executor.connected_managers()) >= 2, 30,
                  what="long tasks to reach the workers")
         managers = engine_procs(ex, "faasx-manager")
         workers = engine_procs(ex, "faasx-worker")
@@ -59,7 +59,7 @@ def test_interchange_sigkill_fails_pending_futures_and_executor_restarts(make_ex
         # managers notice the silence themselves (no one told them) and take their workers along
         def orphans():
             return [p for p in managers + workers if p.is_running() and p.status() != "zombie"]
-        wait_for(lambda: not orphans(), HB["heartbeat_threshold"] + 10, interval=0.1,
+        wait_until(lambda: not orphans(), HB["heartbeat_threshold"] + 10, interval=0.1,
                  what="managers and workers to exit after their interchange died")
         orphan_exit_times.append(time.monotonic() - t0)
 

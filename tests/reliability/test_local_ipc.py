@@ -9,7 +9,7 @@ import os
 
 from faasx.providers import LocalProvider
 
-from .conftest import log_text, wait_for
+from .conftest import log_text, wait_until
 
 HB = dict(heartbeat_period=0.5, heartbeat_threshold=4)
 
@@ -52,5 +52,5 @@ def test_curvezmq_guards_the_ipc_endpoint_too(make_executor, start_manager):
     assert "the interchange at ipc:///" in logs and "did not answer the registration" in logs, logs
     start_manager(ex, "withkeys")
     assert fut.result(timeout=60) == 81
-    wait_for(lambda: ex.executor.interchange_stats()["managers_registered"] == 1, 10, what="one registration")
+    wait_until(lambda: ex.executor.interchange_stats()["managers_registered"] == 1, 10, what="one registration")
     assert manager_logs(ex).count("registering with the interchange at ipc:///") >= 1

@@ -26,7 +26,7 @@ import pytest
 
 from faasx.providers import LocalProvider
 
-from .conftest import interchange_log, log_text, wait_for
+from .conftest import interchange_log, log_text, wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -159,7 +159,7 @@ def test_partitioned_manager_tasks_redispatched_and_stale_manager_refused(side, 
     # host though not from another host, which the namespace stands in for
     remote = start_manager(ex, "remote", prefix=test_host.prefix(), replace={"--heartbeat-threshold": 120},
                            drop=["--ipc"], log=str(tmp_path / "remote.out"))
-    wait_for(lambda: remote.pid in manager_pids(ex), 30, what="the manager in the namespace to register")
+    wait_until(lambda: remote.pid in manager_pids(ex), 30, what="the manager in the namespace to register")
     m = [m for m in ex.executor.connected_managers() if m["pid"] == remote.pid][0]
     assert m["block_id"] == "remote"
 
@@ -173,16 +173,16 @@ def test_partitioned_manager_tasks_redispatched_and_stale_manager_refused(side, 
     assert [f.result(timeout=60) for f in quick] == [(i * 1000 + 7, remote.pid) for i in range(50)]
 
     long_tasks = [ex.submit(where, i, 6) for i in range(2)]
-    wait_for(lambda: any(m["tasks"] == 2 for m in ex.executor.connected_managers() if m["pid"] == remote.pid),
+    wait_until(lambda: any(m["tasks"] == 2 for m in ex.executor.connected_managers() if m["pid"] == remote.pid),
              30, what="the remote manager to hold both long tasks")
     # capacity elsewhere, with the run's keys: a manager on this host
     local = start_manager(ex, "local", log=str(tmp_path / "local.out"))
-    wait_for(lambda: local.pid in manager_pids(ex), 30, what="the local manager to register")
+    wait_until(lambda: local.pid in manager_pids(ex), 30, what="the local manager to register")
     before = ex.executor.interchange_stats()
 
     test_host.cut(side)
     t_cut = time.monotonic()
-    wait_for(lambda: ex.executor.interchange_stats()["managers_lost"] > before["managers_lost"],
+    wait_until(lambda: ex.executor.interchange_stats()["managers_lost"] > before["managers_lost"],
              HB["heartbeat_threshold"] + 10, what="the interchange to declare the cut-off manager lost")
     t_lost = time.monotonic() - t_cut
     results = [f.result(timeout=60) for f in long_tasks]
@@ -247,6 +247,6 @@ def test_manager_without_the_run_keys_cannot_register(make_executor, start_manag
     # the same command with the keys works, from the other host
     good = start_manager(ex, "good", prefix=test_host.prefix())
     assert fut.result(timeout=60) == 81
-    wait_for(lambda: good.pid in manager_pids(ex), 10, what="the manager with keys to be listed")
+    wait_until(lambda: good.pid in manager_pids(ex), 10, what="the manager with keys to be listed")
     report("curve_without_keys", managers_without_keys=2, registered=0, tasks_received=0,
            seconds_until_they_gave_up=round(took, 2))
