@@ -22,6 +22,13 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0,
         time.sleep(interval)
 
 
+def wait_for(fn: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
+             what: Union[str, Callable[[], str], None] = None) -> Any:
+    """``wait_until`` under its former name and argument order (``interval`` before ``what``), for
+    branches written before the rename; new tests call ``wait_until``."""
+    return wait_until(fn, timeout, what, interval)
+
+
 def alive(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie (an exited child not yet reaped)."""
     import psutil

@@ -71,7 +71,7 @@ def test_a_batch_job_runs_faasx_manager_from_its_PATH_and_the_error_says_so(slur
 
         def never_connected():
             return [st for st in ex.executor.status().values() if st.state in (JobState.MISSING, JobState.FAILED)]
-        st = support.wait_for(never_connected, 60, 0.2, "the Slurm block to be reported")[0]
+        st = support.wait_until(never_connected, 60, "the Slurm block to be reported", interval=0.2)[0]
         assert "faasx-manager: command not found" in st.message, st.message
         assert "from its PATH after worker_init" in st.message and sys.executable in st.message, st.message
 

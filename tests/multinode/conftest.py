@@ -20,7 +20,7 @@ managers reach the interchange over real TCP across the bridge.
                        whose command line names ``run_dir`` (managers and workers carry it).
 
 Tasks are functions of the test modules, sent by reference: ``WORKER_INIT`` puts this directory on the
-nodes' ``PYTHONPATH``.  Everything polls with a deadline (``tests.support.wait_for``).
+nodes' ``PYTHONPATH``.  Everything polls with a deadline (``tests.support.wait_until``).
 """
 from __future__ import annotations
 
@@ -29,17 +29,12 @@ import dataclasses
 import os
 import shutil
 import subprocess
-import sys
 from typing import Dict, List, Optional
 
 import psutil
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from tests.support import wait_for  # noqa: E402
+from tests.support import wait_until
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mn_support import WORKER_INIT  # noqa: E402
@@ -249,18 +244,18 @@ class MultinodeSession:
         if jobs & cluster.active_jobs():
             cluster.run("scancel", *sorted(jobs), check=False)
         try:
-            wait_for(lambda: not (jobs & cluster.active_jobs()), timeout=60, interval=0.2,
+            wait_until(lambda: not (jobs & cluster.active_jobs()), timeout=60, interval=0.2,
                      what=lambda: f"jobs {sorted(jobs & cluster.active_jobs())} to leave squeue")
         except AssertionError as e:
             problems.append(str(e))
         try:
-            wait_for(lambda: all(s in ("idle", "mixed", "allocated") for s in cluster.node_states().values()),
+            wait_until(lambda: all(s in ("idle", "mixed", "allocated") for s in cluster.node_states().values()),
                      timeout=90, interval=0.5, what=lambda: f"every node to be up again: {cluster.node_states()}")
         except AssertionError as e:
             problems.append(str(e))
         for run_dir in self.run_dirs:
             try:
-                wait_for(lambda: not faasx_processes_of(run_dir, cluster), timeout=20, interval=0.2,
+                wait_until(lambda: not faasx_processes_of(run_dir, cluster), timeout=20, interval=0.2,
                          what=lambda: f"the processes of {run_dir} to exit: {faasx_processes_of(run_dir, cluster)}")
             except AssertionError as e:
                 problems.append(str(e))

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.support import wait_for
+from tests.support import wait_until
 
 from mn_support import manager_logs, managers_of, serve_every_node, wait_for_managers
 
@@ -77,7 +77,7 @@ def test_a_block_runs_one_manager_per_node_and_every_node_serves_tasks(kind, nod
         for host, text in logs.items():
             assert f"registering with the interchange at tcp://{cluster.host_address}:" in text, (host, text[-1500:])
         assert "--cert-dir" in shlex.split(ex.executor._get_launch_command("0")), "the run is not encrypted"
-    wait_for(lambda: job not in cluster.active_jobs(), timeout=30, what=f"job {job} to leave squeue after shutdown")
+    wait_until(lambda: job not in cluster.active_jobs(), timeout=30, what=f"job {job} to leave squeue after shutdown")
 
 
 # ---- 2. encryption across the bridge ------------------------------------------------------------------
@@ -133,10 +133,10 @@ def test_blocks_of_two_nodes_scale_out_under_load_and_in_when_idle(kind, multino
         results = [f.result(timeout=60) for f in futures]
         assert {r["job"] for r in results} == set(blocks.values()), "a block served no task"
 
-        wait_for(lambda: all(ex.executor.status_facade[b].state == JobState.SCALED_IN for b in blocks),
+        wait_until(lambda: all(ex.executor.status_facade[b].state == JobState.SCALED_IN for b in blocks),
                  timeout=30, interval=0.1, what="both idle blocks to be scaled in")
-        wait_for(lambda: managers_of(ex) == [], timeout=15, what="every manager of both blocks to leave")
-        wait_for(lambda: not (set(blocks.values()) & cluster.active_jobs()), timeout=30,
+        wait_until(lambda: managers_of(ex) == [], timeout=15, what="every manager of both blocks to leave")
+        wait_until(lambda: not (set(blocks.values()) & cluster.active_jobs()), timeout=30,
                  what="the scaled-in jobs to leave squeue")
 
 
@@ -156,14 +156,14 @@ def test_every_manager_of_a_block_drains_before_its_walltime(kind, multinode):
         wait_for_managers(ex, 2, block_id=0)
         job0 = ex.executor.blocks_to_job_id["0"]
         keepers = [ex.submit(busy_until_before_walltime, 1.0) for _ in range(2)]
-        wait_for(lambda: sum(m["tasks"] for m in managers_of(ex, 0)) == 2, timeout=15,
+        wait_until(lambda: sum(m["tasks"] for m in managers_of(ex, 0)) == 2, timeout=15,
                  what="both managers of block 0 to run a keeper")
-        wait_for(lambda: all("draining: the block's walltime is nearly over" in t for t in manager_logs(ex, 0).values())
+        wait_until(lambda: all("draining: the block's walltime is nearly over" in t for t in manager_logs(ex, 0).values())
                  and len(manager_logs(ex, 0)) == 2, timeout=30, interval=0.1,
                  what="both managers of block 0 to start draining")
         t_drain = time.time()
         assert not any(k.done() for k in keepers), "a keeper finished before the drain: the test proves nothing"
-        wait_for(lambda: all(not m["active"] for m in managers_of(ex, 0)), timeout=5,
+        wait_until(lambda: all(not m["active"] for m in managers_of(ex, 0)), timeout=5,
                  what="the interchange to mark both draining managers inactive")
 
         late = [ex.submit(where, 0.2) for _ in range(4)]
@@ -174,9 +174,9 @@ def test_every_manager_of_a_block_drains_before_its_walltime(kind, multinode):
         late_jobs = {f.result(timeout=60)["job"] for f in late}
         assert job0 not in late_jobs, "a task submitted after the drain ran on the draining block"
 
-        wait_for(lambda: all("drained" in t for t in manager_logs(ex, 0).values()), timeout=15,
+        wait_until(lambda: all("drained" in t for t in manager_logs(ex, 0).values()), timeout=15,
                  what="both managers of block 0 to say 'drained'")
-        wait_for(lambda: job0 not in multinode.cluster.active_jobs(), timeout=30, what="the drained job to end")
+        wait_until(lambda: job0 not in multinode.cluster.active_jobs(), timeout=30, what="the drained job to end")
         assert provider.status([job0])[0].state == JobState.COMPLETED
         stats = ex.executor.interchange_stats()
         assert stats["retried"] == 0 and stats["failed_system"] == 0, stats
