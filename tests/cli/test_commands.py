@@ -41,9 +41,9 @@ def test_status_of_a_live_run_shows_blocks_managers_tasks_and_errors(executor, t
     for f in failing:
         assert isinstance(f.exception(timeout=30), ValueError)
     gate = tmp_path / "gate"
-    blocker = ex.submit(support.wait_for, lambda: os.path.exists(gate), 60, 0.05, "the gate")
-    support.wait_for(lambda: json.loads(faasx_cli("status", "--json", cwd=tmp_path).stdout)[0]["tasks"]["running"],
-                     30, 0.2, "the blocking task to run")
+    blocker = ex.submit(support.wait_until, lambda: os.path.exists(gate), 60, "the gate", 0.05)
+    support.wait_until(lambda: json.loads(faasx_cli("status", "--json", cwd=tmp_path).stdout)[0]["tasks"]["running"],
+                       30, "the blocking task to run", interval=0.2)
 
     out = faasx_cli("status", cwd=str(tmp_path))          # default: the newest run under ./runinfo
     assert out.returncode == 0, out.stderr

@@ -113,7 +113,7 @@ def test_a_kernel_restarted_mid_run_takes_the_executors_processes_with_it(tmp_pa
         assert roles == ["faasx-interchange", "faasx-manager", "faasx-worker", "faasx-worker"], roles
         t0 = time.monotonic()
         run_sync(client.km.restart_kernel)(now=(how == "kill"))
-        support.wait_for(gone(procs), 20, 0.1, "the executor's processes to exit with the kernel")
+        support.wait_until(gone(procs), 20, "the executor's processes to exit with the kernel", interval=0.1)
         took = time.monotonic() - t0
         assert not psutil.pid_exists(kernel_pid) or psutil.Process(kernel_pid).status() == psutil.STATUS_ZOMBIE
         assert client.km.provisioner.process.pid != kernel_pid                # a new kernel is up

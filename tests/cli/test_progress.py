@@ -50,7 +50,7 @@ def test_progress_is_the_module_too_and_works_on_any_futures():
 def test_progress_times_out_instead_of_waiting_for_ever(executor, tmp_path):
     ex = executor(max_workers_per_node=1)
     gate = tmp_path / "gate"
-    slow = ex.submit(support.wait_for, gate.exists, 60, 0.05, "the gate")
+    slow = ex.submit(support.wait_until, gate.exists, 60, "the gate", 0.05)
     with pytest.raises(TimeoutError, match="0 of 1 futures done after 0.5s"):
         faasx.progress([slow], file=io.StringIO(), timeout=0.5)
     gate.touch()
@@ -66,7 +66,7 @@ def test_map_progress_true_draws_a_bar_of_the_calls(executor, capsys, chunksize)
     def finished():
         seen.append(capsys.readouterr().err)
         return "40/40" in "".join(seen) and "".join(seen).endswith("\n")   # the bar closed
-    support.wait_for(finished, 10, 0.05, "the map's bar to finish")
+    support.wait_until(finished, 10, "the map's bar to finish", interval=0.05)
     last = final_line("".join(seen))
     assert "100%" in last and "done=40 failed=0" in last and "call/s" in last, last
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import faasx
-from tests.support import wait_for
+from tests.support import wait_until
 
 from .conftest import FAST_HEARTBEATS
 
@@ -59,8 +59,8 @@ def test_a_started_task_is_running_and_cancel_returns_false(run_dir, release, tm
     with faasx.Executor(max_workers_per_node=1, run_dir=run_dir, **FAST_HEARTBEATS) as ex:
         marker = str(tmp_path / "started")
         fut = ex.submit(gated, release.path, marker, 42)
-        wait_for(lambda: os.path.exists(marker), 30, what="the task to start on its worker")
-        wait_for(fut.running, 5, what="the future to report running()")
+        wait_until(lambda: os.path.exists(marker), 30, what="the task to start on its worker")
+        wait_until(fut.running, 5, what="the future to report running()")
         assert fut.cancel() is False
         assert not fut.cancelled() and not fut.done()
         release.open()
@@ -72,11 +72,11 @@ def test_shutdown_cancel_futures_cancels_only_tasks_not_started(run_dir, release
     the running tasks; a cancelled task never runs."""
     ex = faasx.Executor(max_workers_per_node=2, run_dir=run_dir, **FAST_HEARTBEATS)
     running = [ex.submit(gated, release.path, str(tmp_path / f"run{i}"), i) for i in range(2)]
-    wait_for(lambda: all(f.running() for f in running), 30, what="both gated tasks to be running()")
+    wait_until(lambda: all(f.running() for f in running), 30, what="both gated tasks to be running()")
     queued = [ex.submit(mark, str(tmp_path / f"queued{i}"), i) for i in range(6)]
     stopper = threading.Thread(target=ex.shutdown, kwargs={"wait": True, "cancel_futures": True})
     stopper.start()
-    wait_for(lambda: all(f.cancelled() for f in queued), 10, what="the queued tasks to be cancelled")
+    wait_until(lambda: all(f.cancelled() for f in queued), 10, what="the queued tasks to be cancelled")
     release.open()
     stopper.join(60)
     assert not stopper.is_alive(), "shutdown(wait=True) did not return"

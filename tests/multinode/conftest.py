@@ -36,8 +36,7 @@ import pytest
 
 from tests.support import wait_until
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mn_support import WORKER_INIT  # noqa: E402
+from mn_support import WORKER_INIT  # on sys.path: the repository's conftest.py
 
 #: executor options of every test here: encryption on (127.x counts as loopback, which would turn it off
 #: by default, but these managers are on other "hosts"), heartbeats fast enough to notice a lost node in

@@ -5,7 +5,7 @@ import glob
 import os
 import time
 
-from tests.support import wait_for
+from tests.support import wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: job-script lines that let the blocks import the test modules (tasks are sent by reference)
@@ -27,7 +27,7 @@ def wait_for_managers(ex, count: int, block_id=None, timeout: float = 90) -> lis
                  if st.terminal and (block_id is None or b == str(block_id))}
         assert not ended, f"blocks ended before {count} managers registered: {ended}\n{block_output(ex)}"
         return None
-    return wait_for(ready, timeout=timeout, interval=0.1,
+    return wait_until(ready, timeout=timeout, interval=0.1,
                     what=lambda: f"{count} managers of block {block_id} to register (have {managers_of(ex, block_id)})")
 
 

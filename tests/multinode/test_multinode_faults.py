@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from faasx.errors import ManagerLost, WorkerLost
-from tests.support import wait_for
+from tests.support import wait_until
 
 from mn_support import block_output, managers_of, wait_for_managers
 
@@ -64,7 +64,7 @@ class HeldBlock:
         self.release = str(tmp_path / "release")
         self.managers = wait_for_managers(ex, NODES, block_id=0)
         self.futures = [ex.submit(hold, str(self.markers), i, self.release) for i in range(NODES)]
-        wait_for(lambda: all(attempts(str(self.markers), i) for i in range(NODES)), timeout=30,
+        wait_until(lambda: all(attempts(str(self.markers), i) for i in range(NODES)), timeout=30,
                  what=lambda: f"every held task to start: {self.where()} {block_output(ex)}")
         self.started_on = {i: attempts(str(self.markers), i)[0] for i in range(NODES)}
         assert sorted(self.started_on.values()) == sorted(m["hostname"] for m in self.managers), \
@@ -127,7 +127,7 @@ def test_a_node_cut_off_costs_only_its_task_which_runs_again_elsewhere(multinode
         index, manager = block.victim()
         t0 = time.monotonic()
         cluster.set_link(manager["hostname"], up=False)
-        wait_for(lambda: block.survivors_still_registered(manager), timeout=20, interval=0.1,
+        wait_until(lambda: block.survivors_still_registered(manager), timeout=20, interval=0.1,
                  what=lambda: f"the interchange to drop the cut-off manager only: {managers_of(ex, 0)}")
         print(f"cut-off manager declared lost {time.monotonic() - t0:.1f}s after the cut")
         assert not block.futures[index].done(), "the lost task was failed instead of re-queued"
@@ -146,7 +146,7 @@ def test_a_node_cut_off_costs_only_its_task_which_runs_again_elsewhere(multinode
         assert stats["retried"] == 1 and stats["failed_system"] == 0, stats
 
         # the manager on the cut-off node gives up by itself; only then is the node reconnected
-        wait_for(lambda: not alive(manager["pid"]), timeout=30, what="the cut-off manager to exit")
+        wait_until(lambda: not alive(manager["pid"]), timeout=30, what="the cut-off manager to exit")
         cluster.set_link(manager["hostname"], up=True)
         assert block.survivors_still_registered(manager)
 
@@ -173,10 +173,10 @@ def test_cancelling_a_multi_node_block_leaves_no_faasx_process_on_any_node(kind,
         job = ex.executor.blocks_to_job_id["0"]
         t0 = time.monotonic()
         provider.cancel([job])
-        wait_for(lambda: not on_nodes(), timeout=20, interval=0.1,
+        wait_until(lambda: not on_nodes(), timeout=20, interval=0.1,
                  what=lambda: f"no faasx process of the run on any node: {on_nodes()}")
         print(f"{kind}: every manager and worker gone {time.monotonic() - t0:.1f}s after cancel")
         for f in block.futures:
             with pytest.raises((ManagerLost, WorkerLost)):
                 f.result(timeout=20)
-        wait_for(lambda: job not in multinode.cluster.active_jobs(), timeout=30, what="the job to leave squeue")
+        wait_until(lambda: job not in multinode.cluster.active_jobs(), timeout=30, what="the job to leave squeue")

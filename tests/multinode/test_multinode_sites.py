@@ -24,7 +24,7 @@ import shutil
 
 import pytest
 
-from tests.support import wait_for
+from tests.support import wait_until
 
 from mn_support import WORKER_INIT, serve_every_node, wait_for_managers
 
@@ -128,7 +128,7 @@ def test_site_launcher_runs_one_manager_per_node_with_the_sites_devices(site, mu
             for r in serve_every_node(ex, hosts, device):
                 seen.add((r["host"], r[DEVICE_VARIABLE[site]]))
             return seen >= expected
-        wait_for(all_devices_seen, timeout=60, interval=0, what=lambda: f"devices {expected}, seen {seen}")
+        wait_until(all_devices_seen, timeout=60, interval=0, what=lambda: f"devices {expected}, seen {seen}")
         assert seen == expected, f"{site}: workers ran with devices {seen - expected} that are not the site's"
 
 
