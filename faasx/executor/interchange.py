@@ -546,7 +546,8 @@ class Interchange:
                 self.remove_manager(mid, "unreachable (its connection is gone)", now)
 
     def _check_client(self, now: float) -> None:
-        """Exit when the client process is gone or silent (its link closing is seen in serve_link)."""
+        """Exit when the client process is gone (its link closing is seen in serve_link; never for
+        silence, see the module docstring)."""
         if os.getppid() != self.parent_pid:
             logger.error("the client process %d is gone; shutting down", self.parent_pid)
             self.running = False

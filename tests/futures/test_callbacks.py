@@ -8,7 +8,7 @@ import threading
 import time
 
 import faasx
-from tests.support import wait_for
+from tests.support import wait_until
 
 from .conftest import FAST_HEARTBEATS, faasx_processes
 
@@ -61,7 +61,7 @@ def test_shutdown_from_a_callback_raises_like_the_stdlib_and_a_second_shutdown_w
     ex.shutdown()
     assert time.monotonic() - t0 < 15
     assert pending.result(timeout=0) == "pending"
-    wait_for(lambda: not faasx_processes(run_dir), 10, what="the executor's processes to exit")
+    wait_until(lambda: not faasx_processes(run_dir), 10, what="the executor's processes to exit")
 
 
 def test_shutdown_wait_false_from_a_callback_finishes_the_work_and_stops(run_dir):
@@ -69,5 +69,5 @@ def test_shutdown_wait_false_from_a_callback_finishes_the_work_and_stops(run_dir
     pending = ex.submit(nap, 1, "pending")
     ex.submit(nap, 0).add_done_callback(lambda _f: ex.shutdown(wait=False))
     assert pending.result(timeout=30) == "pending"
-    wait_for(lambda: not faasx_processes(run_dir), 15, what="the executor's processes to exit")
+    wait_until(lambda: not faasx_processes(run_dir), 15, what="the executor's processes to exit")
     assert cf.wait([pending], timeout=0).done == {pending}

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.support import wait_for
+from tests.support import wait_until
 
 from .conftest import faasx_processes
 
@@ -52,13 +52,13 @@ def test_a_script_that_ends_gets_all_its_tasks_run(tmp_path, mode):
     assert proc.returncode == 0, err[-3000:]
     done = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("task") and "." not in p.name)
     assert done == [f"task{i}" for i in range(8)], err[-3000:]
-    wait_for(lambda: not faasx_processes(str(tmp_path / "run")), 10, what="no faasx process left")
+    wait_until(lambda: not faasx_processes(str(tmp_path / "run")), 10, what="no faasx process left")
 
 
 def test_ctrl_c_while_exit_waits_stops_at_once(tmp_path):
     proc = run_script(tmp_path, "no-shutdown", 120)
     try:
-        wait_for(lambda: os.path.exists(tmp_path / "task0.started"), 60, what="the first task to start")
+        wait_until(lambda: os.path.exists(tmp_path / "task0.started"), 60, what="the first task to start")
         assert proc.stdout.readline().strip() == "script ends"
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
@@ -67,5 +67,5 @@ def test_ctrl_c_while_exit_waits_stops_at_once(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    wait_for(lambda: not faasx_processes(str(tmp_path / "run")), 15, what="no faasx process left")
+    wait_until(lambda: not faasx_processes(str(tmp_path / "run")), 15, what="no faasx process left")
     assert not any(p.name.startswith("task") and "." not in p.name for p in tmp_path.iterdir())

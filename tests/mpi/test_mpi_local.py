@@ -18,7 +18,7 @@ from faasx.executor.mpi import MPIPlacementError
 from faasx.launchers import SimpleLauncher
 from faasx.mpi import MPIFunction, MPIPythonFunction, ShellFunction, ShellResult
 from faasx.providers import LocalProvider
-from tests.support import wait_for
+from tests.support import wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -134,7 +134,7 @@ def test_a_cancelled_task_waiting_for_nodes_never_runs(ex, tmp_path):
     waiting = submit(ex, touch, {"num_nodes": 2}, ran)
     # the second is at the manager, waiting for the nodes the first holds (not at the interchange, where
     # a cancel would stop it without the manager's part being exercised)
-    wait_for(lambda: sum(m["tasks"] for m in ex.executor.connected_managers()) == 2, timeout=30,
+    wait_until(lambda: sum(m["tasks"] for m in ex.executor.connected_managers()) == 2, timeout=30,
              what="both tasks to be held by the block's manager")
     assert waiting.cancel() and waiting.cancelled()
     touch(go)

@@ -41,12 +41,12 @@ def wait_until_gone(job_ids):
     node idle."""
     import subprocess
 
-    from tests.support import wait_for
+    from tests.support import wait_until
 
     def gone():
         out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=20).stdout
         return not (set(out.split()) & set(job_ids))
-    wait_for(gone, timeout=60, interval=0.2, what=f"jobs {sorted(job_ids)} to leave squeue")
+    wait_until(gone, timeout=60, interval=0.2, what=f"jobs {sorted(job_ids)} to leave squeue")
 
 
 def processes_naming(*paths):
@@ -67,7 +67,7 @@ def processes_naming(*paths):
 def ex(on_multinode, mpich, tmp_path_factory):
     """One 2-node block for the module.  At the end: its job leaves the queue and nothing it started --
     manager, workers, launchers, MPI ranks -- is left on any node."""
-    from tests.support import wait_for
+    from tests.support import wait_until
     blocks = provider(on_multinode, mpich)
     run_dir = str(tmp_path_factory.mktemp("mpi_mn"))
     with faasx.Executor(blocks, address=on_multinode.host_address, encrypted=True,
@@ -75,7 +75,7 @@ def ex(on_multinode, mpich, tmp_path_factory):
                         heartbeat_period=1, heartbeat_threshold=10, run_dir=run_dir) as executor:
         yield executor
     wait_until_gone(set(blocks.resources))
-    wait_for(lambda: not processes_naming(run_dir, mpich.allreduce), timeout=30, interval=0.2,
+    wait_until(lambda: not processes_naming(run_dir, mpich.allreduce), timeout=30, interval=0.2,
              what=lambda: f"the block's processes to end: {processes_naming(run_dir, mpich.allreduce)}")
 
 
