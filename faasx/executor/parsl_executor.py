@@ -451,7 +451,9 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
             fut.set_result(deserialize(hit))
             return fut
         running = self._memo_inflight.get(key)
-        if running is not None:
+        # a done one is leaving the table (its done-callback runs on the callback thread, maybe not yet):
+        # a success is in the store already (checked above), a failure must not be shared, so submit anew
+        if running is not None and not running.done():
             shared: Future = Future()
             running.add_done_callback(lambda f: _copy_outcome(f, shared))
             return shared
