@@ -100,7 +100,8 @@ def test_without_binds_the_cwd_mount_is_plain():
 def test_wrapped_launcher_receives_the_container_command():
     container = PodmanLauncher("localhost/sci:1", env_passthrough=("FAASX_*",), launcher=SrunLauncher(debug=False))
     fragment = container("faasx-manager --block-id 2", 1, 4)
-    srun_line = fragment.splitlines()[-1]
+    # the fragment also traps signals and restores srun's exit status around it: find the srun line
+    (srun_line,) = [line for line in fragment.splitlines() if line.startswith("srun ")]
     words = shlex.split(srun_line)
     assert words[:6] == ["srun", "--nodes=4", "--ntasks=4", "--ntasks-per-node=1", "--kill-on-bad-exit=0", "--label"]
     assert words[6:8] == ["/bin/bash", "-c"]
