@@ -7,7 +7,9 @@ fast as it can.  The client keeps at most
 ``window`` tasks outstanding at the interchange, the rest wait in its own outbox, so:
 - the interchange never holds more than ``window`` tasks, and its RSS stops growing once the window
   is full;
-- the manager holds at most its advertised capacity;
+- the manager holds at most the largest capacity it can advertise (one task per worker plus the
+  adaptive prefetch's ceiling): the adaptive prefetch follows the measured task time, so on a loaded
+  machine the capacity shrinks while the manager still holds what it was given under the old one;
 - only the client's memory grows with the number submitted (the futures are the caller's).
 Then shutdown(cancel_futures=True) must return promptly and leave nothing behind.
 """
@@ -17,6 +19,8 @@ import os
 import time
 
 import psutil
+
+from faasx.executor.worker_table import MAX_PREFETCH_PER_WORKER
 
 from .conftest import engine_procs, wait_until
 
@@ -51,7 +55,8 @@ def test_interchange_and_manager_memory_stay_bounded_under_a_flood(make_executor
         futures += [ex.submit(slow, i) for i in range(start, min(N, start + step))]
         st = ex.executor.interchange_stats()
         held = max((m["tasks"] for m in ex.executor.connected_managers()), default=0)
-        capacity = max((m["capacity"] for m in ex.executor.connected_managers()), default=0)
+        workers = max((m["worker_count"] for m in ex.executor.connected_managers()), default=0)
+        capacity = workers * (1 + MAX_PREFETCH_PER_WORKER)
         samples.append({"submitted": len(futures), "at_interchange": st["tasks"], "manager_held": held,
                         "client_mb": rss(os.getpid()), "interchange_mb": rss(ic_pid),
                         "manager_mb": rss(manager_pid)})
