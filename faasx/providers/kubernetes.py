@@ -315,6 +315,12 @@ class KubernetesProvider(ExecutionProvider, RepresentationMixin):
 
     def _pod_manifest(self, name: str, command: str, tasks_per_node: int) -> Dict[str, Any]:
         """The Pod sent to the API server (JSON form)."""
+        container = self._container(self._container_script(name, command, tasks_per_node))
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": self._pod_metadata(name),
+                "spec": self._pod_spec(container)}
+
+    def _pod_metadata(self, name: str) -> Dict[str, Any]:
+        """Name, labels (the user's, then faasx's own, which find the pod again) and annotations."""
         labels = dict(self.extra_labels or {})
         labels.update({
             "app.kubernetes.io/name": "faasx",
@@ -325,16 +331,18 @@ class KubernetesProvider(ExecutionProvider, RepresentationMixin):
         metadata: Dict[str, Any] = {"name": name, "labels": labels}
         if self.annotations:
             metadata["annotations"] = dict(self.annotations)
+        return metadata
 
+    def _container(self, script: str) -> Dict[str, Any]:
+        """The one container of a block's pod: image, the block script, resources, env, mounts, user."""
         requests = {"cpu": str(self.init_cpu), "memory": self.init_mem}
         requests.update(self.extra_requests or {})
         limits = {"cpu": str(self.max_cpu), "memory": self.max_mem}
         limits.update(self.extra_limits or {})
-
         container: Dict[str, Any] = {
             "name": CONTAINER_NAME,
             "image": self.image,
-            "command": ["/bin/bash", "-c", self._container_script(name, command, tasks_per_node)],
+            "command": ["/bin/bash", "-c", script],
             "resources": {"requests": requests, "limits": limits},
         }
         if self.image_pull_policy:
@@ -345,6 +353,12 @@ class KubernetesProvider(ExecutionProvider, RepresentationMixin):
         mounts += list(self.volume_mounts or [])
         if mounts:
             container["volumeMounts"] = mounts
+        security = self._security_context()
+        if security:
+            container["securityContext"] = security
+        return container
+
+    def _security_context(self) -> Dict[str, Any]:
         security: Dict[str, Any] = {}
         if self.user_id is not None:
             security["runAsUser"] = int(self.user_id)
@@ -352,9 +366,10 @@ class KubernetesProvider(ExecutionProvider, RepresentationMixin):
             security["runAsGroup"] = int(self.group_id)
         if self.run_as_non_root:
             security["runAsNonRoot"] = True
-        if security:
-            container["securityContext"] = security
+        return security
 
+    def _pod_spec(self, container: Dict[str, Any]) -> Dict[str, Any]:
+        """Never restarted (a block that ends is over), pull secrets, volumes, service account."""
         spec: Dict[str, Any] = {"containers": [container], "restartPolicy": "Never"}
         pull_secrets = ([self.secret] if self.secret else []) + list(self.image_pull_secrets or [])
         if pull_secrets:
@@ -366,7 +381,7 @@ class KubernetesProvider(ExecutionProvider, RepresentationMixin):
             spec["volumes"] = pod_volumes
         if self.service_account_name:
             spec["serviceAccountName"] = self.service_account_name
-        return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+        return spec
 
     def _container_script(self, name: str, command: str, tasks_per_node: int) -> str:
         """What ``/bin/bash -c`` runs: exports, worker_init, then the command, forwarding SIGTERM."""
@@ -505,25 +520,40 @@ def _pod_status(pod) -> JobStatus:
     status = pod.status
     phase = status.phase if status is not None else None
     state = _PHASES.get(phase, JobState.UNKNOWN)
-    details = []
+    details: List[str] = []
     exit_code = None
     if status is not None:
         if status.reason:
             details.append(status.reason + (f": {status.message}" if status.message else ""))
         for cs in status.container_statuses or []:
-            if cs.state is None:
-                continue
-            if cs.state.waiting is not None and cs.state.waiting.reason:
-                details.append(f"{cs.name} waiting: {cs.state.waiting.reason}"
-                               + (f": {cs.state.waiting.message}" if cs.state.waiting.message else ""))
-            if cs.state.terminated is not None:
-                exit_code = cs.state.terminated.exit_code
-                details.append(f"{cs.name} terminated: {cs.state.terminated.reason or ''} "
-                               f"(exit code {exit_code})"
-                               + (f": {cs.state.terminated.message}" if cs.state.terminated.message else ""))
+            code = _container_details(cs, details)
+            if code is not None:
+                exit_code = code
         if phase == "Pending":
-            for cond in status.conditions or []:
-                if cond.type == "PodScheduled" and cond.status == "False":
-                    details.append(f"unschedulable: {cond.message or cond.reason}")
+            details += _unschedulable(status)
     message = f"pod phase {phase}" + (f" ({'; '.join(details)})" if details else "")
     return JobStatus(state, message=message, exit_code=exit_code)
+
+
+def _with_message(text: str, message: Optional[str]) -> str:
+    return text + (f": {message}" if message else "")
+
+
+def _container_details(cs, details: List[str]) -> Optional[int]:
+    """Append why a container waits or how it ended to ``details``; its exit code if it terminated."""
+    if cs.state is None:
+        return None
+    waiting, terminated = cs.state.waiting, cs.state.terminated
+    if waiting is not None and waiting.reason:
+        details.append(_with_message(f"{cs.name} waiting: {waiting.reason}", waiting.message))
+    if terminated is None:
+        return None
+    details.append(_with_message(f"{cs.name} terminated: {terminated.reason or ''} "
+                                 f"(exit code {terminated.exit_code})", terminated.message))
+    return terminated.exit_code
+
+
+def _unschedulable(status) -> List[str]:
+    """Why a pending pod cannot be placed (its PodScheduled condition), if the scheduler said."""
+    return [f"unschedulable: {cond.message or cond.reason}" for cond in status.conditions or []
+            if cond.type == "PodScheduled" and cond.status == "False"]
