@@ -630,15 +630,16 @@ class EngineClient:
                 futures.pop(task.tid, None)
             else:
                 live.append(task)
-        if live:
+        for chunk in P.chunks_by_bytes(live) if live else ():
             try:
-                frames = P.pack_tasks(live)
+                frames = P.pack_tasks(chunk)
             except Exception:   # submit() checks each spec, so this is a bug: cost one task, not the thread
-                live, frames = self._drop_unencodable(live)
-            self._in_flight += len(live)
-            self.stats["submitted"] += len(live)
-            if live:
+                chunk, frames = self._drop_unencodable(chunk)
+            self._in_flight += len(chunk)
+            self.stats["submitted"] += len(chunk)
+            if chunk:
                 link.send_nowait(frames)
+        if live:
             if self.debug:
                 logger.debug("sent tasks %s", [t.tid for t in live])
 

@@ -431,7 +431,8 @@ class Interchange:
     def dispatch(self, now: float) -> None:
         """Send each manager the tasks the scheduler gave it (their functions' code first)."""
         for m, recs in self.scheduler.dispatch(now):
-            if not (self._send_missing_funcs(m, recs) and self._send_manager(m.mid, P.pack_tasks(recs))):
+            if not (self._send_missing_funcs(m, recs)
+                    and all(self._send_manager(m.mid, P.pack_tasks(c)) for c in P.chunks_by_bytes(recs))):
                 self.remove_manager(m.mid, "unreachable (its connection is gone)", now)
             elif self.debug:
                 logger.debug("dispatched tasks %s to %r", [r.tid for r in recs], m.mid)
@@ -508,7 +509,8 @@ class Interchange:
             self.started = []
         if self.outbox:
             self.stats["results_sent"] += len(self.outbox)
-            self._send_client(P.pack_results(self.outbox))
+            for chunk in P.chunks_by_bytes(self.outbox):
+                self._send_client(P.pack_results(chunk))
             self.outbox = []
 
     def periodic(self, now: float) -> None:

@@ -520,7 +520,8 @@ class Manager:
             if self.unreported:     # a result says by itself that its task started
                 for r in self.out.results:
                     self.unreported.pop(r.tid, None)
-            send(self.ic, P.pack_results(self.out.take()))
+            for chunk in P.chunks_by_bytes(self.out.take()):
+                send(self.ic, P.pack_results(chunk))
 
     def report_started(self, now: float) -> None:
         """Tell the interchange which tasks workers have taken, once the oldest of them has run for
@@ -708,7 +709,8 @@ class Manager:
         missing = [t.fid for t in batch if t.fid not in slot.fids]
         if missing:
             self._send_funcs(chan, slot, missing)
-        chan.send(P.pack_tasks(batch))
+        for chunk in P.chunks_by_bytes(batch):
+            chan.send(P.pack_tasks(chunk))
         unreported = self.unreported
         for t in batch:
             unreported[t.tid] = None

@@ -69,6 +69,11 @@ hash of its serialized code, ``FID_SIZE``).
 
 A TASKS, RESULTS or FUNCS body MUST have exactly one record per payload frame, in order.
 
+A sender MUST NOT put more than ``BATCH_BYTES`` of payload into one TASKS or RESULTS message unless
+the message holds a single record (``chunks_by_bytes``): every receiver accepts a message of
+``max_payload_size`` + 16 MiB, so no task within ``max_payload_size`` ever fails because of how it
+was batched.
+
 4. Messages
 -----------
 
@@ -198,9 +203,8 @@ Manager and worker (``Manager``, ``faasx.executor.worker``):
 
 * The worker MUST send READY first; the manager assigns tasks only to ready workers.  A container
   worker whose versions differ is refused (its tasks fail with a clear error).
-* The manager sends FUNCS and TASKS; the worker answers RESULTS, batched, but a result MUST NOT
-  wait for later tasks of its batch longer than ``FLUSH_INTERVAL`` (the worker's flusher thread
-  sends it while the next task runs).  SHUTDOWN: exit now.
+* The manager sends FUNCS and TASKS; the worker answers RESULTS (batched: a flush at most every
+  ``FLUSH_INTERVAL`` of a long batch, checked as each task ends).  SHUTDOWN: exit now.
 
 6. Versioning
 -------------
@@ -268,6 +272,8 @@ KINDS = (KIND_CALL, KIND_MAP)
 CANCEL_CONFIRMED = 0   # the REPLY req_id that confirms a CANCEL
 
 FID_SIZE = 16
+
+BATCH_BYTES = 8 << 20  # payload bytes per TASKS/RESULTS message, beyond which a batch is split
 
 STARTED_DELAY = 0.01   # seconds a task handed to a worker may finish in before its manager reports STARTED
 
@@ -455,6 +461,22 @@ def parse_results(body: Any, payloads: Sequence[Any]) -> List[Result]:
         if type(rec) is not list or len(rec) != 2 or type(rec[0]) is not int or rec[1] not in statuses:
             raise ProtocolError(f"malformed result record {rec!r:.80}")
         out.append(new(Result, (rec[0], rec[1], payload)))
+    return out
+
+
+def chunks_by_bytes(items: Sequence[Any], size: Any = None, limit: int = BATCH_BYTES) -> List[Sequence[Any]]:
+    """``items`` cut into consecutive runs whose payloads add up to at most ``limit`` bytes (an item
+    bigger than that goes alone).  ``size(item)`` defaults to ``len(item.payload)``.  One slice, no
+    copy, in the usual case of a batch that fits."""
+    out: List[Sequence[Any]] = []
+    start, total = 0, 0
+    for i, item in enumerate(items):
+        n = len(item.payload) if size is None else size(item)
+        if total + n > limit and i > start:
+            out.append(items[start:i])
+            start, total = i, 0
+        total += n
+    out.append(items[start:])
     return out
 
 
