@@ -16,6 +16,7 @@ import faasx
 from faasx import configs
 from faasx.configs import SiteConfigError
 from faasx.executor.mpi import MpiWorkerTable, block_nodes
+from faasx.executor.protocol import KIND_CALL, Task
 from faasx.launchers import SimpleLauncher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -70,7 +71,7 @@ def test_site_mpi_example_produces_the_readme_command(site, tmp_path):
     table.add(0)
     table.mark_ready(0)
     ex.validate_resource_spec(spec)
-    table.enqueue([(1, b"f" * 16, 0, ex._routing_spec(spec), b"")])
+    table.enqueue([Task(1, b"f" * 16, KIND_CALL, ex._routing_spec(spec), b"")])
     [(_slot, [(_tid, _fid, _kind, placed, _payload)])] = table.assign(0.0)
     assert placed["mpi"]["env"]["PARSL_MPI_PREFIX"] == expected
     with open(os.path.join(ROOT, "README.md")) as f:
