@@ -688,31 +688,3 @@ def parse_ready(body: Any) -> Ready:
     if not isinstance(body, dict):
         return Ready(None, None, None)
     return Ready(body.get("worker_id"), body.get("pid"), body.get("versions"))
-
-
-# ---- compatibility: the names call sites used before the builders above --------------------
-# (kept until manager.py and worker.py have switched; they return the bodies as before)
-
-def check_items(body: Any, payloads: Sequence[Any], width: int) -> list:
-    """Validate a TASKS/RESULTS/FUNCS body: a list of records matching the payload frames one to one."""
-    _check_one_per_frame(body, payloads)
-    if width:
-        for rec in body:
-            if not isinstance(rec, list) or len(rec) != width or not isinstance(rec[0], int):
-                raise ProtocolError(f"malformed record {rec!r:.80}")
-    return body
-
-
-def check_funcs(body: Any, payloads: Sequence[Any]) -> list:
-    parse_funcs(body, payloads)
-    return body
-
-
-def check_tasks(body: Any, payloads: Sequence[Any]) -> list:
-    parse_tasks(body, payloads)
-    return body
-
-
-def check_results(body: Any, payloads: Sequence[Any]) -> list:
-    parse_results(body, payloads)
-    return body

@@ -17,7 +17,7 @@ FID = b"x" * 16
 def test_pack_unpack_roundtrip_keeps_payloads_opaque():
     frames = P.pack(P.TASKS, [[1, FID, P.KIND_CALL, None]], [b"\x80opaque"])
     msg_type, body, payloads = P.unpack(frames)
-    assert msg_type == P.TASKS and P.check_tasks(body, payloads) == [[1, FID, 0, None]]
+    assert msg_type == P.TASKS and P.parse_tasks(body, payloads) == [P.Task(1, FID, 0, None, b"\x80opaque")]
     assert payloads == [b"\x80opaque"]
 
 
@@ -43,7 +43,7 @@ def test_malformed_headers_raise_protocol_error(frames):
 ])
 def test_malformed_task_bodies_are_rejected(body, payloads):
     with pytest.raises(P.ProtocolError):
-        P.check_tasks(body, payloads)
+        P.parse_tasks(body, payloads)
 
 
 def test_header_decoding_cannot_execute_code():
