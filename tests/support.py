@@ -1,6 +1,7 @@
 """Helpers shared by every test directory."""
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, Callable, Union
 
@@ -127,3 +128,14 @@ def python_bind_dirs() -> list:
         if not any(prefix == d or prefix.startswith(d + "/") for d in dirs):
             dirs.append(prefix)
     return dirs
+
+
+# The roles faasx puts in its processes' command lines (faasx.executor.processes).  Match them as whole
+# words: a bare "faasx-" also matches paths such as CI's /tmp/faasx-ci-venvs/py3.10/bin/python, and
+# every Python started from there (multiprocessing's resource tracker, say) would count as faasx's.
+ENGINE_ROLE = re.compile(r"(?<![\w-])faasx-(?:interchange|manager|worker)(?![\w-])")
+
+
+def is_engine_cmdline(cmdline: str) -> bool:
+    """Whether a command line is one of faasx's own engine processes (interchange, manager, worker)."""
+    return ENGINE_ROLE.search(cmdline) is not None

@@ -43,7 +43,7 @@ def faasx_descendants(pid: int):
     found = []
     for p in children:
         try:
-            if "faasx-" in " ".join(p.cmdline()):
+            if support.is_engine_cmdline(" ".join(p.cmdline())):
                 found.append(p)
         except psutil.Error:
             pass

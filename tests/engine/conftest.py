@@ -19,7 +19,7 @@ def faasx_processes(run_dir: str):
             cmd = " ".join(p.info["cmdline"] or [])
         except psutil.Error:
             continue
-        if "faasx-" in cmd and run_dir in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
+        if support.is_engine_cmdline(cmd) and run_dir in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
             found.append(p)
     return found
 

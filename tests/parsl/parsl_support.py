@@ -33,8 +33,8 @@ wait_until = support.wait_until   # re-exported: the Parsl tests import it from 
 
 
 def faasx_processes(run_dir: Optional[str] = None, pids: Iterable[int] = ()) -> Dict[int, str]:
-    """Live processes ``pgrep -f faasx-`` finds that belong to this run."""
-    out = subprocess.run(["pgrep", "-af", "faasx-"], capture_output=True, text=True, timeout=10).stdout
+    """Live faasx engine processes (``pgrep -f`` on the roles) that belong to this run."""
+    out = subprocess.run(["pgrep", "-af", "faasx-(interchange|manager|worker)"], capture_output=True, text=True, timeout=10).stdout
     wanted = set(pids)
     found = {}
     for line in out.splitlines():
@@ -56,7 +56,7 @@ def run_processes(executor=None) -> Dict[int, str]:
             name = p.name()
         except psutil.Error:
             continue
-        if "faasx-" in cmd or name.startswith("faasx-"):
+        if support.is_engine_cmdline(cmd) or support.is_engine_cmdline(name):
             found[p.pid] = cmd or name
     if executor is not None and executor._client is not None and executor._client.ic_proc is not None:
         ic = executor._client.ic_proc

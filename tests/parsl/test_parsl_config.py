@@ -82,7 +82,7 @@ def test_working_dir_is_assignable():
 # ---- a plain Parsl script: everything defined in __main__ -------------------------------------------
 
 SCRIPT = textwrap.dedent('''
-    import json, sys, traceback
+    import json, re, sys, traceback
     import psutil
     import parsl
     from parsl import python_app, bash_app, join_app
@@ -133,7 +133,7 @@ SCRIPT = textwrap.dedent('''
             except ScriptError as e:
                 results["exception"] = [type(e).__name__, str(e), "fail" in "".join(traceback.format_exception(e))]
             pids = [p.pid for p in psutil.Process().children(recursive=True)
-                    if "faasx-" in " ".join(p.cmdline())]
+                    if re.search(r"(?<![\\w-])faasx-(interchange|manager|worker)(?![\\w-])", " ".join(p.cmdline()))]
         parsl.clear()
         with open(out_file) as f:
             results["bash_stdout"] = f.read()
