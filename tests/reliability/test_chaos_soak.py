@@ -140,7 +140,11 @@ def test_chaos_soak_every_future_resolves_once_and_correctly(make_executor, repo
     assert blocks_started >= BLOCKS + 1, "the strategy replaced killed blocks"
     # the executor is whole again: BLOCKS managers serve, and every other manager that ever registered
     # was declared lost (a manager killed before it registered was never known to the interchange)
-    wait_until(lambda: len(ex.executor.connected_managers()) == BLOCKS, 60, what="the blocks to be replaced")
+    wait_until(lambda: len(ex.executor.connected_managers()) == BLOCKS, 120,
+               what=lambda: "the blocks to be replaced; connected now: " + repr(
+                   [(m["block_id"], m["pid"], m["active"], m["tasks"]) for m in ex.executor.connected_managers()])
+               + f"; blocks started {len(ex.executor.blocks_to_job_id)}; job states "
+               + repr({b: s.state.name for b, s in ex.executor._status.items()}))
     stats = ex.executor.interchange_stats()
     assert stats["managers_lost"] == stats["managers_registered"] - BLOCKS, stats
     assert stats["managers_lost"] >= 1
