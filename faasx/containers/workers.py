@@ -2,8 +2,8 @@
 
 ``ContainerWorkers`` is composed into ``faasx.executor.manager.Manager``.  It starts a worker inside a
 task's container on demand (``faasx.containers.engines.container_command``), connects it to the
-manager over an inherited socket (podman) or a Unix socket in a bind-mounted directory (other
-engines), keeps it warm, retires idle workers whose slot another kind needs (``WorkerTable.plan``),
+manager (``faasx.containers.links``: an inherited socket for podman, for other engines a Unix socket in
+a private 0700 directory bind-mounted into the container, whose peer's uid is checked), keeps it warm, retires idle workers whose slot another kind needs (``WorkerTable.plan``),
 and turns a container that dies before READY into a clear error for that key's tasks instead of a
 restart loop.  Tasks it fails go into the manager's ``ResultBatch``, which the manager's loop sends.
 
@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import time
-import uuid
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-import zmq
-
 from faasx.containers.engines import (ContainerStartError, InvalidContainerSpec, available_runtimes,
-                                      container_command, remove_command, validate_container_spec)
+                                      remove_command, validate_container_spec)
+from faasx.containers.links import FdLink, PathLink, peer_refusal, private_socket_dir, unlink
 from faasx.executor import protocol as P
 from faasx.executor.processes import command
 from faasx.executor.security import open_private
@@ -39,7 +36,6 @@ RETIRE_GRACE = 10.0                # seconds a stopped worker gets to exit befor
 # exit codes with which podman/docker (and ``env``/shells) report their own failure, not the worker's: 125
 # the engine (image not known, pull failed, bad option), 126 command not executable, 127 command not found
 ENGINE_ERROR_CODES = (125, 126, 127)
-WORKER_FD_IN_CONTAINER = 4         # the socket's number inside a podman container (fd 3 is the forwarder's)
 
 
 class ContainerWorkers:
@@ -178,7 +174,7 @@ class ContainerWorkers:
         name = f"faasx-{self.mid}-w{wid}".lower()
         name = "".join(c if c.isalnum() or c in "_.-" else "-" for c in name)
         mode = self._channel_mode(ctype)
-        link = _FdLink() if mode == "fd" else _PathLink(self._sock_dir(), wid)
+        link = FdLink() if mode == "fd" else PathLink(self._sock_dir(), wid)
         try:
             argv, stdin = link.command(spec, self._inner_argv(wid), self.worker_env(wid), name)
             self._spawn(wid, key, argv, stdin)
@@ -197,9 +193,7 @@ class ContainerWorkers:
 
     def _sock_dir(self) -> str:
         if self.sock_dir is None:
-            import tempfile
-            self.sock_dir = tempfile.mkdtemp(prefix="faasx-sock-")
-            os.chmod(self.sock_dir, 0o711)
+            self.sock_dir = private_socket_dir()   # 0700: only this user and root can connect in it
         return self.sock_dir
 
     def _spawn(self, wid: int, key: str, argv: List[str], stdin) -> None:
@@ -210,20 +204,27 @@ class ContainerWorkers:
             self.pool.spawn(wid, argv, out, stdin=stdin)
 
     def accept(self, fd: int) -> None:
-        """A container worker connected to its socket path (``fd`` is its listener; others are ignored)."""
-        entry = self.listeners.pop(fd, None)
+        """A process connected to a container worker's socket path (``fd`` is its listener; others are
+        ignored).  Only a peer of the run's uid or root becomes the worker (``links.peer_refusal``); any
+        other is closed and the socket keeps listening for the real worker."""
+        entry = self.listeners.get(fd)
         if entry is None:
             return
         wid, listener, path = entry
-        self.pool.poller.unregister(fd)
         try:
             conn, _ = listener.accept()
+        except BlockingIOError:
+            return                       # the peer gave up before we got to it
         except OSError as e:
             logger.error("worker %d: accepting its connection failed: %s", wid, e)
+            self.drop_listener(wid)
             return
-        finally:
-            listener.close()
-            _unlink(path)
+        refusal = peer_refusal(conn)
+        if refusal is not None:
+            conn.close()
+            logger.error("worker %d: refused a connection to its socket %s: %s", wid, path, refusal)
+            return
+        self.drop_listener(wid)
         conn.setblocking(True)
         if wid in self.pool.procs:
             self.pool.add_channel(wid, conn)
@@ -236,7 +237,7 @@ class ContainerWorkers:
                 del self.listeners[fd]
                 self.pool.poller.unregister(fd)
                 listener.close()
-                _unlink(path)
+                unlink(path)
 
     def worker_ready(self, wid: int, slot, ready: P.Ready, now: float) -> bool:
         """A container worker said READY: False (and its key failed) if the image's versions differ."""
@@ -380,70 +381,3 @@ class ContainerWorkers:
             import shutil
             shutil.rmtree(self.sock_dir, ignore_errors=True)
             self.sock_dir = None
-
-
-class _FdLink:
-    """podman: the worker's end of a socketpair is passed into the container (``--preserve-fds``)."""
-
-    def __init__(self) -> None:
-        self.ours = self.theirs = None
-
-    def command(self, spec: dict, inner: List[str], env: dict, name: str) -> tuple:
-        self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        inner = inner + ["--fd", str(WORKER_FD_IN_CONTAINER)]
-        argv = container_command(spec, inner, env=env, name=name, preserve_fds=WORKER_FD_IN_CONTAINER - 2)
-        # podman passes fds 3..; the socket goes to 4 (the forwarder takes 3 for stdin).  Popen can only
-        # place a descriptor at 0-2, so it arrives as stdin and a shell that execs podman moves it (POSIX
-        # sh only redirects single-digit fds; no Python runs between fork and exec)
-        argv = ["/bin/sh", "-c", f'exec "$@" {WORKER_FD_IN_CONTAINER}<&0 3</dev/null 0</dev/null',
-                "faasx-container-worker"] + argv
-        return argv, self.theirs.fileno()
-
-    def started(self) -> None:
-        if self.theirs is not None:
-            self.theirs.close()      # the child has its copy (or there is no child)
-
-    def abandon(self) -> None:
-        if self.ours is not None:
-            self.ours.close()
-
-    def attach(self, workers: ContainerWorkers, wid: int) -> None:
-        workers.pool.add_channel(wid, self.ours)
-
-
-class _PathLink:
-    """Other engines: the worker connects to a Unix socket in a directory bind-mounted into the container."""
-
-    def __init__(self, sock_dir: str, wid: int) -> None:
-        self.sock_dir = sock_dir
-        self.path = os.path.join(sock_dir, f"w{wid}-{uuid.uuid4().hex[:8]}.sock")
-        self.listener: Optional[socket.socket] = None
-
-    def command(self, spec: dict, inner: List[str], env: dict, name: str) -> tuple:
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(self.path)
-        os.chmod(self.path, 0o666)   # the image may run as another user
-        self.listener.listen(1)
-        self.listener.setblocking(False)
-        argv = container_command(spec, inner + ["--connect", self.path], binds=[self.sock_dir], env=env, name=name)
-        return argv, subprocess.DEVNULL
-
-    def started(self) -> None:
-        pass
-
-    def abandon(self) -> None:
-        if self.listener is not None:
-            self.listener.close()
-            _unlink(self.path)
-
-    def attach(self, workers: ContainerWorkers, wid: int) -> None:
-        fd = self.listener.fileno()
-        workers.listeners[fd] = (wid, self.listener, self.path)
-        workers.pool.poller.register(fd, zmq.POLLIN)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

@@ -271,10 +271,8 @@ def main(argv=None) -> int:
                         level=logging.DEBUG if args.debug else logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     sock = None
     if args.connect:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(30)
-        sock.connect(args.connect)
-        sock.settimeout(None)
+        from faasx.containers.links import connect_to_manager   # exits with the fix if the socket is not ours
+        sock = connect_to_manager(args.connect)
     worker = Worker(args.fd if args.fd is not None else -1, args.worker_id, args.max_payload_size, args.debug, sock)
     worker.output = task_output.install(sys.stdout, sys.stderr)
     try:
