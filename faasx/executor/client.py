@@ -114,17 +114,25 @@ class TaskFuture(Future):
         tells it once for many).  True if this call cancelled it."""
         # What Future.cancel() and then set_running_or_notify_cancel() do, in one step under the lock
         # (PENDING -> CANCELLED_AND_NOTIFIED: concurrent.futures.wait()/as_completed() count a cancelled
-        # future as done only once its waiters have been told): a third of the cost, which is what a
-        # million-task shutdown(cancel_futures=True) spends its time on.  The names are the stdlib's
-        # (concurrent.futures._base, unchanged since 3.2).
-        with self._condition:
+        # future as done only once its waiters have been told), at a third of the cost: a million-task
+        # shutdown(cancel_futures=True) does this a million times.  Condition.acquire/release are the
+        # lock's own C methods (``with`` goes through Python-level __enter__/__exit__), and notify_all
+        # runs only when a thread waits in result() (Condition._waiters).  The names are the stdlib's
+        # (concurrent.futures._base and threading.Condition, unchanged since 3.2).
+        cond = self._condition
+        cond.acquire()
+        try:
             if self._state != _PENDING:
                 return False             # running, finished, or cancelled by an earlier call
             self._state = _CANCELLED_AND_NOTIFIED
             for waiter in self._waiters:
                 waiter.add_cancelled(self)
-            self._condition.notify_all()
-        self._invoke_callbacks()
+            if cond._waiters:
+                cond.notify_all()
+        finally:
+            cond.release()
+        if self._done_callbacks:
+            self._invoke_callbacks()
         return True
 
     def _invoke_callbacks(self) -> None:
@@ -456,27 +464,36 @@ class EngineClient:
         self._wake()
         return True
 
-    def cancel_pending(self) -> None:
-        """Cancel every task no worker has taken (``shutdown(cancel_futures=True)``) in one pass.
+    def cancel_pending(self) -> List[TaskFuture]:
+        """Cancel every task no worker has taken (``shutdown(cancel_futures=True)``) in one pass; returns
+        the futures left to wait for (those a worker has taken).
 
         The tasks still queued here never reached the interchange: they are dropped without a word to it
         (sending them only to cancel them is what made a million-task cancel take seconds).  Those sent
         go in one CANCEL message, so the interchange does one pass and writes one log line."""
         with self._send_lock:    # the I/O thread takes tasks under it: each task is either here or sent
-            tasks_out = self._tasks_out
-            unsent = [tasks_out.popleft().tid for _ in range(len(tasks_out))]
-        futures, memo_keys = self.futures, self._memo_keys
-        for tid in unsent:
-            fut = futures.pop(tid, None)
-            memo_keys.pop(tid, None)
+            pop_task = self._tasks_out.popleft
+            unsent = [pop_task() for _ in range(len(self._tasks_out))]
+        pop_future = self.futures.pop
+        for task in unsent:
+            fut = pop_future(task.tid, None)
             if fut is not None:
                 fut._cancel_here()
-        sent = [tid for tid, fut in list(futures.items()) if fut._cancel_here()]
+        if self._memo_keys:
+            for task in unsent:
+                self._memo_keys.pop(task.tid, None)
+        sent, running = [], []
+        for tid, fut in list(self.futures.items()):
+            if fut._cancel_here():
+                sent.append(tid)
+            elif not fut.done():
+                running.append(fut)
         if sent:
             self._cancel_out.extend(sent)
             self._wake()
-        logger.info("executor %s: cancelled %d task(s) not yet sent and %d at the interchange or a manager",
-                    self.label, len(unsent), len(sent))
+        logger.info("executor %s: cancelled %d task(s) not yet sent and %d at the interchange or a manager; "
+                    "%d already running", self.label, len(unsent), len(sent), len(running))
+        return running
 
     def request(self, name: str, args: Any = None, timeout: float = 10.0) -> Any:
         """Ask the interchange something (managers, blocks, stats ...); waits up to ``timeout``."""

@@ -506,10 +506,10 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
             raise ValueError("terminate() takes a future returned by this executor's submit() or map()")
         return self._client.terminate(future)
 
-    def cancel_pending(self) -> None:
-        """Cancel every task no worker has taken, in one pass (``shutdown(cancel_futures=True)``)."""
-        if self._client is not None:
-            self._client.cancel_pending()
+    def cancel_pending(self) -> List[Future]:
+        """Cancel every task no worker has taken, in one pass (``shutdown(cancel_futures=True)``); returns
+        the futures still running."""
+        return self._client.cancel_pending() if self._client is not None else []
 
     def on_callback_thread(self) -> bool:
         """Whether the calling thread is the one running this executor's done-callbacks."""

@@ -210,9 +210,8 @@ class Executor(concurrent.futures.Executor):
             self._shut_down = True
             if self._torn_down:
                 return
-        pending = list(self.executor.tasks.values())
-        if cancel_futures:
-            self.executor.cancel_pending()
+        # with cancel_futures, only the tasks a worker has taken are left to wait for
+        pending = self.executor.cancel_pending() if cancel_futures else list(self.executor.tasks.values())
         if not wait:
             if self._finisher is None:
                 self._finisher = threading.Thread(target=self._finish, args=(pending,), name="faasx-shutdown",
