@@ -139,3 +139,80 @@ ENGINE_ROLE = re.compile(r"(?<![\w-])faasx-(?:interchange|manager|worker)(?![\w-
 def is_engine_cmdline(cmdline: str) -> bool:
     """Whether a command line is one of faasx's own engine processes (interchange, manager, worker)."""
     return ENGINE_ROLE.search(cmdline) is not None
+
+
+# ---- a user's project: a script and a module next to it (issue 10, section 5) ---------------------
+PROJECT_HELPERS = '''\
+def square(x):
+    return x * x
+
+
+def where(delay=0.0):
+    import os, socket, time
+    time.sleep(delay)
+    return {"host": socket.gethostname(), "job": os.environ.get("SLURM_JOB_ID")}
+'''
+
+# Run as ``python /path/to/project/main.py CONFIG`` from another directory.  CONFIG (JSON) gives the
+# SlurmProvider's arguments (``"srun": true``: an SrunLauncher, one manager per node) and the Executor's,
+# how many managers to wait for, and how many ``where`` tasks to run.
+PROJECT_MAIN = '''\
+import json, sys, time
+import faasx
+from faasx.providers import SlurmProvider
+from helpers import square, where
+
+if __name__ == "__main__":
+    config = json.loads(sys.argv[1])
+    if config["provider"].pop("srun", False):
+        from faasx.launchers import SrunLauncher
+        config["provider"]["launcher"] = SrunLauncher()
+    provider = SlurmProvider(**config["provider"])
+    report = {}
+    with faasx.Executor(provider=provider, **config["executor"]) as ex:
+        try:
+            deadline = time.monotonic() + 120
+            while len(ex.executor.connected_managers()) < config["managers"] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            report["squares"] = [f.result(timeout=120) for f in [ex.submit(square, i) for i in range(4)]]
+            report["where"] = [f.result(timeout=120) for f in [ex.submit(where, 0.3) for _ in range(config["tasks"])]]
+        except ModuleNotFoundError as e:
+            report["error"] = {"type": type(e).__name__, "name": e.name, "message": str(e)}
+        report["jobs"] = sorted(provider.resources)
+    print(json.dumps(report))
+'''
+
+
+def write_project(directory: str) -> str:
+    """``directory``/helpers.py and main.py (``PROJECT_HELPERS``, ``PROJECT_MAIN``); returns main.py's path."""
+    import os
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "helpers.py"), "w") as f:
+        f.write(PROJECT_HELPERS)
+    with open(os.path.join(directory, "main.py"), "w") as f:
+        f.write(PROJECT_MAIN)
+    return os.path.join(directory, "main.py")
+
+
+def run_project(project: str, config: dict, env: dict, node_local: bool = False, timeout: float = 300) -> dict:
+    """Run ``project``/main.py as a user would, ``python /path/to/main.py CONFIG`` from ``/``; its JSON report.
+
+    ``node_local``: the project is on a file system the nodes do not share -- the script runs in a mount
+    namespace of its own (``unshare --mount``, root only) where a tmpfs over ``project``'s parent holds a
+    copy of it, so the Slurm nodes (slurmd, in the host's namespace) see that directory empty."""
+    import json
+    import os
+    import shlex
+    import subprocess
+    import sys
+    main = os.path.join(project, "main.py")
+    argv = [sys.executable, main, json.dumps(config)]
+    if node_local:
+        hide = os.path.dirname(project)
+        setup = (f"mount -t tmpfs tmpfs {shlex.quote(hide)} && mkdir {shlex.quote(project)} && "
+                 f"printf %s {shlex.quote(PROJECT_HELPERS)} > {shlex.quote(project)}/helpers.py && "
+                 f"printf %s {shlex.quote(PROJECT_MAIN)} > {shlex.quote(main)} && exec {shlex.join(argv)}")
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", setup]
+    out = subprocess.run(argv, cwd="/", env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"the script failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -253,6 +253,8 @@ class Manager:
         env["FAASX_WORKER_ID"] = str(wid)
         env["FAASX_MANAGER_ID"] = self.mid.decode()
         env["FAASX_BLOCK_ID"] = str(self.block_id)
+        if self.args.script_dir:
+            env["FAASX_SCRIPT_DIR"] = self.args.script_dir   # named by a worker that misses a module (imports.py)
         if self.args.script_dir and os.path.isdir(self.args.script_dir):
             # the user's script's directory, as Python gives it to the script itself (sys.path[0]):
             # ``from helpers import f`` next to it pickles f by reference, so workers must import it too

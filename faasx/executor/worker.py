@@ -34,6 +34,7 @@ from faasx.executor import protocol as P
 from faasx.executor import task_output
 from faasx.executor.task_output import TaskOutput
 from faasx.executor.channel import Channel, ChannelClosed, ChannelError
+from faasx.executor.imports import explain_missing_module
 from faasx.executor.mpi import run_in_environment
 from faasx.executor.processes import die_with_parent, set_process_name
 from faasx.executor.serialization import (deserialize, deserialize_function, serialize,
@@ -173,9 +174,15 @@ class Worker:
                 if code is None:
                     return P.FAILED, P.failure_payload(
                         "FAILED", f"task {tid}: the worker never received the code of function {fid.hex()}")
-                fn = self.functions[fid] = deserialize_function(code)
+                try:
+                    fn = self.functions[fid] = deserialize_function(code)
+                except ModuleNotFoundError as e:   # a module next to the script, absent on this node
+                    raise explain_missing_module(e, tid, self.host)
                 del self.codes[fid]
-            args, kwargs = deserialize(task.payload)
+            try:
+                args, kwargs = deserialize(task.payload)
+            except ModuleNotFoundError as e:
+                raise explain_missing_module(e, tid, self.host)
             if task.kind == P.KIND_CALL:
                 value = fn(*args, **kwargs)
             else:
