@@ -7,6 +7,10 @@
   objects of classes defined in ``__main__`` pickle by reference to a module the worker does not
   have, so any pickle that mentions ``__main__`` is redone with dill, which ships such classes by value.
 * The first byte of a data payload names its codec, so the reader never guesses.
+* Big buffers (numpy arrays, big bytes-like objects) of a payload may travel out of band through a
+  file in shared memory (codec ``S``) or inline after the pickle (codec ``B``): ``serialize`` does so
+  when given a ``payloads.Writer`` (``shared=``), and ``deserialize`` reads every codec.  The why,
+  who writes, who unlinks and the same-host rule are in ``faasx.executor.payloads``.
 * Exceptions travel with the text of their remote traceback; one that cannot be pickled arrives as
   ``faasx.errors.RemoteExceptionError`` carrying its type name, message and traceback.
 """
@@ -17,11 +21,12 @@ import io
 import pickle
 import sys
 import traceback
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import dill
 
 from faasx.errors import RemoteExceptionError, SerializationError
+from faasx.executor import payloads
 
 CODEC_PICKLE = b"P"
 CODEC_DILL = b"D"
@@ -83,18 +88,33 @@ def deserialize_function(code: bytes) -> Callable:
     return dill.loads(code)
 
 
-def serialize(obj: Any, what: str = "the arguments") -> bytes:
-    """Data -> bytes with a codec prefix; raises SerializationError naming ``what``."""
+def serialize(obj: Any, what: str = "the arguments", shared: Optional[payloads.Writer] = None) -> bytes:
+    """Data -> bytes with a codec prefix; raises SerializationError naming ``what``.
+
+    With ``shared``, buffers of at least ``payloads.SHARED_MIN_BYTES`` go out of band into a shared
+    file and the bytes returned are a reference to it (``payloads.payload_size`` is its full size).
+    What dill has to pickle (``__main__`` classes, lambdas) stays in-band."""
     try:
-        data = _dumps(obj, 5)
+        data, buffers = _pickle(obj, shared)
         if _MAIN not in data:
-            return CODEC_PICKLE + data
+            return shared.write(data, buffers) if buffers else CODEC_PICKLE + data
     except Exception:
         pass
     try:
         return CODEC_DILL + dill.dumps(obj, recurse=True)
     except Exception as e:
         raise SerializationError(what, f"{type(e).__name__}: {e}") from e
+
+
+def _pickle(obj: Any, shared: Optional[payloads.Writer]) -> Tuple[bytes, Any]:
+    """(pickle, out-of-band buffers or None); a top-level memoryview, which pickle cannot do, is sent as
+    its bytes and comes back a memoryview (``payloads.dumps_out_of_band`` does that too)."""
+    if shared is not None:
+        return payloads.dumps_out_of_band(obj)
+    try:
+        return _dumps(obj, 5), None
+    except TypeError:
+        return payloads.dumps_in_band(obj), None
 
 
 class _MainClassUnpickler(dill.Unpickler):
@@ -138,6 +158,8 @@ def deserialize(payload: bytes) -> Any:
         return _loads(memoryview(payload)[1:])
     if codec == CODEC_DILL:
         return _MainClassUnpickler(io.BytesIO(bytes(memoryview(payload)[1:]))).load()
+    if codec == payloads.CODEC_SHARED or codec == payloads.CODEC_BUFFERS:
+        return payloads.load(payload, _loads)
     raise ValueError(f"unknown payload codec {bytes(codec)!r}")
 
 

@@ -1,0 +1,407 @@
+"""Big payloads through shared memory on one host: written once, mapped by the reader, never re-sent.
+
+Without this, a 100 MB numpy argument is pickled in-band (one copy), then framed, queued and read by
+every hop -- client, interchange, manager, worker -- with a copy or two at each, and its result the
+same way back: ~140 MB/s where one memory copy runs at ~2 GB/s.  Ray avoids it with a shared-memory
+object store; this module is the same idea with no store process::
+
+    client   pickle protocol 5, buffer_callback: buffers >= SHARED_MIN_BYTES go out of band
+             -> written once into a new file of the run's shm directory (the only copy)
+             -> the message carries a small *reference* (codec "S": path, buffer offsets, pickle)
+    worker   maps the file copy-on-write and unpickles with buffers= : numpy arrays, bytes-like
+             views are views of that mapping (zero copy; writes stay private to the worker)
+             -> the result goes back the same way, into a new file of the same directory
+    client   maps the result file, unlinks it, unpickles: the user's array is a view of the mapping
+
+The reference is a few hundred bytes, so the hops carry no bulk data at all; ``max_payload_size``
+still counts the whole payload (``payload_size``), wherever it lives.
+
+Where a buffer goes out of band: numpy (and anything else that pickles through ``PickleBuffer``) in
+any position; ``bytes``/``bytearray`` of at least SHARED_MIN_BYTES and C-contiguous ``memoryview``s
+when they are top-level values (an argument, a keyword argument, the result, an item of a returned
+tuple/list), wrapped as ``PickleBuffer`` (``_OutOfBand``): pickle puts those in-band otherwise and
+cannot pickle a memoryview at all.  Deeper ones stay in-band (finding them would take a Python-level
+walk of every payload; the C pickler's ``reducer_override`` is never called for bytes).  A received
+``bytes``/``bytearray`` is one copy out of the mapping (they own their memory); a memoryview is a view.
+
+Same host only.  A file in /dev/shm is no use to a manager on another host, so who may be sent a
+reference is decided by the interchange, which runs on the client's host: a manager sends its
+``host_id()`` (boot id + hostname) in REGISTER, and for a manager whose identity differs (or which
+sent none) the interchange replaces each reference by the same bytes inline (codec "B":
+pickle + buffers back to back, ``inline``) before dispatching; the payload is never unpickled there.
+A worker sends a result by reference only when that task's arguments came by reference (it has then
+opened a file of the run's directory, which proves it shares the host); otherwise results are inline.
+
+Who removes what:
+
+* the client owns argument files: it writes one at submit and unlinks it when the task's future is
+  done, whatever the outcome (result, exception, cancel, lost worker, shutdown).  Until then a retry
+  on another worker can still read it.  The worker never unlinks an argument file.
+* a result file has one reader, the client, which unlinks it as soon as it has mapped it (the
+  mapping keeps the pages until the user drops the array).  A result the client will never read
+  (its task unknown to the client, e.g. a duplicate) is unlinked by the client when it drops it.
+* the run directory (``RunDir``) is removed with everything left in it when the executor shuts down,
+  and by the interchange when it exits (it outlives a client killed with SIGKILL by < 1 s).
+  What could be left inside before that: the result of a worker killed between writing its file and
+  sending the reference, and results dropped by the interchange (from a manager declared lost).
+
+Security (a login node is shared): the run directory is created by ``mkdir`` with a random name and
+mode 0700 under /dev/shm (a sticky world-writable directory: a name taken by someone else fails
+``mkdir``, and a new name is drawn), files are created ``O_EXCL | O_NOFOLLOW`` mode 0600 with random
+names, and a reader opens with ``O_NOFOLLOW`` and refuses a file that is not a regular file owned by
+its own uid with no group/other permission bits.  Another local user can neither list, read, create
+nor replace a payload (tests/security/test_shared_payloads.py runs such a user).
+
+If /dev/shm is missing, not writable or full, payloads simply travel inline as before.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import re
+import secrets
+import shutil
+import socket
+import stat
+import struct
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import msgpack
+
+CODEC_SHARED = b"S"     # a reference to a file in the run's shm directory
+CODEC_BUFFERS = b"B"    # the same content inline: header, pickle, buffers back to back
+SHARED_MIN_BYTES = 256 << 10  # a buffer this big or bigger goes out of band
+ALIGN = 64                   # buffer offsets in a file or inline payload: aligned for numpy / SIMD
+SHM_ROOT = "/dev/shm"
+DIR_PREFIX = "faasx-"
+HOST_ID_ENV = "FAASX_HOST_ID"   # overrides host_id(); tests use it as a stand-in for another host
+
+_HEADER_LEN = struct.Struct("!I")
+_FILE_NAME = re.compile(r"^[0-9a-f]{32}$")
+_DIR_NAME = re.compile(r"^" + DIR_PREFIX + r"\d+-[0-9a-f]{16}$")
+
+
+class SharedPayloadError(OSError):
+    """A shared payload's file cannot be used (gone, not ours, malformed)."""
+
+
+# ---- host identity -------------------------------------------------------------------------------
+
+def host_id() -> str:
+    """What identifies this host's shared memory: the kernel's boot id (new at every boot) and the
+    hostname.  ``FAASX_HOST_ID`` overrides it (a test's stand-in for a manager on another host)."""
+    override = os.environ.get(HOST_ID_ENV)
+    if override:
+        return override
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = "no-boot-id"
+    return f"{boot}/{socket.gethostname()}"
+
+
+# ---- the run's directory (client) ----------------------------------------------------------------
+
+class RunDir:
+    """The client's private directory of shared payloads, /dev/shm/faasx-<uid>-<random>, mode 0700.
+
+    Created by the executor at start (``create``), removed at shutdown (``remove``); the interchange
+    removes it too when it exits.  Thread-safe: ``writer`` and ``release`` keep no state."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    @classmethod
+    def create(cls, root: str = SHM_ROOT) -> Optional["RunDir"]:
+        """A new private directory under ``root``, or None where shared memory cannot be used."""
+        if not os.path.isdir(root) or not os.access(root, os.W_OK | os.X_OK):
+            return None
+        for _ in range(8):
+            path = os.path.join(root, f"{DIR_PREFIX}{os.geteuid()}-{secrets.token_hex(8)}")
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:       # taken (by chance or by someone else): draw another name
+                continue
+            except OSError:
+                return None
+            os.chmod(path, 0o700)         # mkdir's mode is masked by the umask, never widened: be exact
+            return cls(path)
+        return None
+
+    def writer(self, max_size: int) -> "Writer":
+        """A writer of argument files (the client keeps them until the future is done)."""
+        return Writer(self.path, consume=False, max_size=max_size)
+
+    def remove(self) -> None:
+        remove_dir(self.path)
+
+
+def remove_dir(path: Optional[str]) -> None:
+    """Remove a run directory and what is left in it (idempotent; only a faasx shm directory)."""
+    if path and _DIR_NAME.match(os.path.basename(path)):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# ---- pickling with out-of-band buffers ---------------------------------------------------------
+
+def _rebuild_memoryview(buf: Any, fmt: str, shape: Tuple[int, ...]) -> memoryview:
+    view = memoryview(buf)
+    return view.cast("B").cast(fmt, shape) if (fmt, shape) != ("B", (view.nbytes,)) else view
+
+
+class _OutOfBand:
+    """A bytes-like value to pickle as a PickleBuffer, so that it can go out of band like a numpy
+    array: pickle itself puts bytes/bytearray in-band (the C pickler never calls a
+    ``reducer_override`` for them) and cannot pickle a memoryview at all."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+    def __reduce_ex__(self, protocol: int) -> Any:
+        obj = self.obj
+        if type(obj) is memoryview:
+            return _rebuild_memoryview, (pickle.PickleBuffer(obj), obj.format, obj.shape)
+        return type(obj), (pickle.PickleBuffer(obj),)
+
+
+def _wrap(value: Any) -> Any:
+    kind = type(value)
+    if (kind is memoryview and value.c_contiguous) or \
+            ((kind is bytes or kind is bytearray) and len(value) >= SHARED_MIN_BYTES):
+        return _OutOfBand(value)
+    return value
+
+
+def _wrap_bytes_like(obj: Any) -> Any:
+    """``obj`` with its top-level bytes-like values wrapped in ``_OutOfBand``: the value itself, the
+    items of a top-level tuple/list, and a task's ``(args, kwargs)``.  Deeper ones stay in-band."""
+    kind = type(obj)
+    if kind is tuple and len(obj) == 2 and type(obj[0]) in (tuple, list) and (obj[1] is None or type(obj[1]) is dict):
+        kwargs = obj[1] if obj[1] is None else {k: _wrap(v) for k, v in obj[1].items()}
+        return (type(obj[0])(_wrap(v) for v in obj[0]), kwargs)
+    if kind is tuple or kind is list:
+        return kind(_wrap(v) for v in obj)
+    return _wrap(obj)
+
+
+def dumps_out_of_band(obj: Any) -> Tuple[bytes, List[pickle.PickleBuffer]]:
+    """Pickle protocol 5 with buffers >= SHARED_MIN_BYTES out of band: (pickle bytes, buffers)."""
+    buffers: List[pickle.PickleBuffer] = []
+
+    def keep(buf: pickle.PickleBuffer) -> bool:
+        if buf.raw().nbytes >= SHARED_MIN_BYTES:
+            buffers.append(buf)
+            return False                  # out of band
+        return True                       # in band
+
+    return pickle.dumps(_wrap_bytes_like(obj), 5, buffer_callback=keep), buffers
+
+
+def dumps_in_band(obj: Any) -> bytes:
+    """Pickle protocol 5, everything in-band, top-level memoryviews included (as ``_OutOfBand``)."""
+    return pickle.dumps(_wrap_bytes_like(obj), 5)
+
+
+def _layout(buffers: Sequence[pickle.PickleBuffer], start: int = 0) -> Tuple[List[list], int]:
+    """[[offset, length, readonly], ...] of each buffer placed at ALIGN-ed offsets from ``start``, and
+    the end offset."""
+    spans, at = [], start
+    for buf in buffers:
+        raw = buf.raw()
+        at = -(-at // ALIGN) * ALIGN
+        spans.append([at, raw.nbytes, raw.readonly])
+        at += raw.nbytes
+    return spans, at
+
+
+def _pack(codec: bytes, header: dict, data: bytes) -> bytes:
+    head = msgpack.packb(header, use_bin_type=True)
+    return codec + _HEADER_LEN.pack(len(head)) + head + data
+
+
+def _unpack(payload: Any) -> Tuple[dict, memoryview, int]:
+    """(header, pickle bytes, end of the pickle) of an S or B payload."""
+    view = memoryview(payload)
+    (n,) = _HEADER_LEN.unpack_from(view, 1)
+    start = 1 + _HEADER_LEN.size
+    header = msgpack.unpackb(view[start:start + n], raw=False)
+    end = start + n + header["n"]
+    return header, view[start + n:end], end
+
+
+# ---- writing -------------------------------------------------------------------------------------
+
+class Writer:
+    """Writes the out-of-band buffers of payloads into new files of one run directory.
+
+    ``consume``: the reader unlinks the file once it has mapped it (results, which have one reader);
+    otherwise the writer's side does (arguments: the client, when the future is done).
+    ``max_size``: a payload bigger than that is not written (the inline form returned has its size,
+    for the caller's ``max_payload_size`` check to refuse)."""
+
+    def __init__(self, directory: str, consume: bool, max_size: int):
+        self.directory = directory
+        self.consume = consume
+        self.max_size = max_size
+
+    def write(self, data: bytes, buffers: Sequence[pickle.PickleBuffer]) -> bytes:
+        """The reference to a new file holding ``buffers``; the inline form if the file cannot be
+        written (shared memory full, directory gone)."""
+        spans, size = _layout(buffers)
+        if len(data) + size > self.max_size:
+            return inline_from(data, buffers)
+        path = os.path.join(self.directory, secrets.token_hex(16))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return inline_from(data, buffers)
+        try:
+            for (offset, _, _), buf in zip(spans, buffers):
+                _pwrite_all(fd, buf.raw(), offset)
+            os.ftruncate(fd, size)
+        except OSError:                   # ENOSPC on a full tmpfs: leave nothing behind, go inline
+            os.close(fd)
+            _unlink(path)
+            return inline_from(data, buffers)
+        os.close(fd)
+        return _pack(CODEC_SHARED, {"p": path, "b": spans, "n": len(data), "c": self.consume, "s": size}, data)
+
+
+def _pwrite_all(fd: int, raw: memoryview, offset: int) -> None:
+    done = 0
+    while done < raw.nbytes:
+        done += os.pwrite(fd, raw[done:], offset + done)
+
+
+def inline_from(data: bytes, buffers: Sequence[pickle.PickleBuffer]) -> bytes:
+    """Codec B: header, pickle and buffers back to back in one bytes object (one copy of each)."""
+    spans, end = _layout(buffers)
+    out = bytearray(_pack(CODEC_BUFFERS, {"b": spans, "n": len(data), "s": end}, data))
+    base = -(-len(out) // ALIGN) * ALIGN
+    out.extend(bytes(base - len(out)))
+    out.extend(bytes(end))
+    for (offset, length, _), buf in zip(spans, buffers):
+        out[base + offset:base + offset + length] = buf.raw()
+    return bytes(out)
+
+
+# ---- reading -------------------------------------------------------------------------------------
+
+def is_shared(payload: Any) -> bool:
+    return payload[:1] == CODEC_SHARED
+
+
+def payload_size(payload: Any) -> int:
+    """The size that ``max_payload_size`` limits: the pickle plus its buffers, wherever they are."""
+    if payload[:1] == CODEC_SHARED:
+        header, _, _ = _unpack(payload)
+        return len(payload) + header["s"]
+    return len(payload)
+
+
+def _open_private(path: str) -> int:
+    """Open a payload file read-only, refusing anything but a regular 0600 file of our own uid in a
+    faasx shm directory."""
+    if not (_FILE_NAME.match(os.path.basename(path)) and _DIR_NAME.match(os.path.basename(os.path.dirname(path)))):
+        raise SharedPayloadError(f"refusing shared payload path {path!r}: not a faasx payload file")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise SharedPayloadError(f"the shared payload {path} is gone: its task was cancelled or has "
+                                 "finished, or the executor shut down") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        os.close(fd)
+        raise SharedPayloadError(f"refusing shared payload {path}: not a private file of uid {os.geteuid()}")
+    return fd
+
+
+def _map(path: str, size: int) -> mmap.mmap:
+    fd = _open_private(path)
+    try:
+        if os.fstat(fd).st_size < size:
+            raise SharedPayloadError(f"shared payload {path} is truncated ({os.fstat(fd).st_size} < {size} bytes)")
+        # copy-on-write: the reader may write into its arrays (as into unpickled ones); nobody else sees it
+        return mmap.mmap(fd, size, access=mmap.ACCESS_COPY) if size else None
+    finally:
+        os.close(fd)
+
+
+def _views(base: Any, spans: Sequence[list]) -> List[memoryview]:
+    view = memoryview(base) if base is not None else memoryview(b"")
+    return [view[off:off + length].toreadonly() if readonly else view[off:off + length]
+            for off, length, readonly in spans]
+
+
+def load(payload: Any, loads: Callable[..., Any] = pickle.loads) -> Any:
+    """Unpickle an S (shared) or B (inline buffers) payload; its arrays are views, not copies."""
+    header, data, end = _unpack(payload)
+    if payload[:1] == CODEC_SHARED:
+        path = header["p"]
+        mapping = _map(path, header["s"])
+        if header["c"]:
+            _unlink(path)                 # the one reader has it mapped: the name is no longer needed
+        return loads(data, buffers=_views(mapping, header["b"]))
+    base = -(-end // ALIGN) * ALIGN
+    raw = memoryview(payload)[base:base + header["s"]]
+    if raw.readonly and any(not ro for _, _, ro in header["b"]):
+        raw = memoryview(bytearray(raw))  # writable as the sender's arrays were: one copy, as in-band
+    return loads(data, buffers=_views(raw, header["b"]))
+
+
+def inline(payload: Any) -> bytes:
+    """The B form of an S payload (for a manager on another host); the file is left where it is."""
+    header, data, _ = _unpack(payload)
+    if header["s"] == 0:
+        return inline_from(bytes(data), [])
+    mapping = _map(header["p"], header["s"])
+    buffers = [pickle.PickleBuffer(v) for v in _views(mapping, header["b"])]
+    return inline_from(bytes(data), buffers)
+
+
+def release(payload: Any) -> None:
+    """Unlink the file of an S payload (the owner's job: the client, once the task's future is done)."""
+    if payload[:1] == CODEC_SHARED:
+        try:
+            header, _, _ = _unpack(payload)
+        except Exception:
+            return
+        path = header.get("p")
+        if isinstance(path, str) and _FILE_NAME.match(os.path.basename(path)):
+            _unlink(path)
+
+
+def reply_writer(args_payload: Any, max_size: int) -> Optional[Writer]:
+    """The writer for a task's result: into the directory its arguments came from if they came by
+    reference (proof that this worker shares the client's host), else None (the result goes inline)."""
+    if args_payload[:1] != CODEC_SHARED:
+        return None
+    header, _, _ = _unpack(args_payload)
+    return Writer(os.path.dirname(header["p"]), consume=True, max_size=max_size)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def inline_tasks(records: Sequence[Any]) -> List[Any]:
+    """The task records to send to a manager on another host: each S payload replaced by its B form
+    (a copy of the record; the interchange keeps the reference for a retry elsewhere).  A record whose
+    file is gone (its future is done: cancelled meanwhile) goes as it is, and its worker says so."""
+    from faasx.executor.protocol import Task
+    out = []
+    for r in records:
+        if r.payload[:1] == CODEC_SHARED:
+            try:
+                r = Task(r.tid, r.fid, r.kind, r.spec, inline(r.payload))
+            except (OSError, ValueError, KeyError):
+                pass
+        out.append(r)
+    return out
