@@ -38,7 +38,7 @@ from typing import Dict, List, Optional
 
 import zmq
 
-from faasx.executor import affinity
+from faasx.executor import affinity, payloads
 from faasx.executor import protocol as P
 from faasx.executor.channel import Channel, ChannelClosed, ChannelError
 from faasx.executor.processes import set_process_name
@@ -63,6 +63,8 @@ class Interchange:
         self.scheduler = Scheduler(max_retries=cfg["max_retries"])
         self.codes: Dict[bytes, bytes] = {}
         self.versions = P.versions()
+        self.host_id = payloads.host_id()   # a manager registering with another may not get shm payloads
+        self.shm = bool(cfg.get("shm_dir"))  # the client sends shared-memory payloads (a local block)
         self.client_ready = False       # the client said HELLO
         self.lost: Dict[bytes, str] = {}
         self.blocks_seen: Dict[str, float] = {}
@@ -340,7 +342,8 @@ class Interchange:
             self._refuse(mid, body, reason)
             return
         info = {"hostname": reg.hostname, "pid": reg.pid, "accelerators": reg.accelerators,
-                "containers": reg.containers, "walltime_left": reg.walltime_left}
+                "containers": reg.containers, "walltime_left": reg.walltime_left,
+                "same_host": reg.host_id == self.host_id}   # may be sent shared-memory payloads
         self.scheduler.register_manager(mid, reg.block_id, reg.workers, reg.workers + reg.prefetch, info, now)
         self.blocks_seen.setdefault(reg.block_id, now)
         self.stats["managers_registered"] += 1
@@ -431,6 +434,8 @@ class Interchange:
     def dispatch(self, now: float) -> None:
         """Send each manager the tasks the scheduler gave it (their functions' code first)."""
         for m, recs in self.scheduler.dispatch(now):
+            if self.shm and not m.info.get("same_host"):   # it cannot open this host's shm: send inline
+                recs = payloads.inline_tasks(recs)
             if not (self._send_missing_funcs(m, recs)
                     and all(self._send_manager(m.mid, P.pack_tasks(c)) for c in P.chunks_by_bytes(recs))):
                 self.remove_manager(m.mid, "unreachable (its connection is gone)", now)
@@ -580,6 +585,7 @@ class Interchange:
         if self.auth is not None:
             self.auth.stop()
         self.ctx.term()
+        payloads.remove_dir(self.cfg.get("shm_dir"))    # the client's, if it could not (killed): nothing reads it now
         for path in self.ipc_cleanup:     # the socket file, then the private directory made for it
             try:
                 os.rmdir(path) if os.path.isdir(path) else os.unlink(path)

@@ -65,7 +65,7 @@ import psutil
 import zmq
 
 from faasx.containers.workers import ENGINE_ERROR_CODES, ContainerWorkers
-from faasx.executor import affinity
+from faasx.executor import affinity, payloads
 from faasx.executor import protocol as P
 from faasx.executor.channel import ChannelClosed, ChannelError
 from faasx.executor.processes import command, set_process_name
@@ -402,7 +402,7 @@ class Manager:
             pid=os.getpid(), workers=self.n_workers, prefetch=self.table.prefetch(),
             versions=P.versions(), token=self.token, accelerators=self.accelerators,
             containers=bool(self.containers.runtimes), container_runtimes=self.containers.runtimes,
-            walltime_left=walltime_left())
+            walltime_left=walltime_left(), host_id=payloads.host_id())
         try:
             self.ic.send_multipart(P.pack_register(register))
         except zmq.Again:

@@ -102,7 +102,7 @@ EVENT       ic -> client          {kind: "registered", manager, block_id, worker
                                   {kind: "lost", manager, block_id, reason, requeued, failed}
 REGISTER    mgr -> ic             {manager_id, block_id, hostname, pid, workers, prefetch, versions,
                                    token, accelerators, containers (bool), container_runtimes,
-                                   walltime_left (optional)}
+                                   walltime_left (optional), host_id (optional)}
 REGISTERED  ic -> mgr             {heartbeat_period, heartbeat_threshold}
 REFUSED     ic -> mgr             {reason}
 HEARTBEAT   client <-> ic,        {}
@@ -195,6 +195,10 @@ Interchange and manager (``Interchange.handle_manager``, ``Manager``):
   for is failed after ``heartbeat_threshold`` seconds (a longer block may register meanwhile).
   ``walltime_left`` is optional, so it did not change ``PROTOCOL_VERSION``: an interchange that
   ignores it only loses the placement, and a manager that omits it is taken to have no limit.
+* A task payload of codec ``S`` (``faasx.executor.payloads``) refers to a shared-memory file on the
+  interchange's host.  The interchange MUST NOT send one to a manager whose REGISTER ``host_id``
+  differs from its own or is absent: it sends the same content inline (codec ``B``) instead.
+  ``host_id`` is optional, so it did not change ``PROTOCOL_VERSION``.
 * BYE: the manager is exiting.  ``lost`` lists the tasks it still held, for the log; the interchange
   MUST NOT rely on it, and requeues every task its own ownership record gives that manager.
 * SHUTDOWN: the manager MUST stop its workers and exit (it says BYE first).
@@ -317,6 +321,7 @@ class Registration(NamedTuple):
     containers: Any
     container_runtimes: Any
     walltime_left: Optional[float] = None       # seconds until the block ends; None: no limit
+    host_id: Optional[str] = None               # payloads.host_id(); None: treated as another host
 
 
 class ManagerHeartbeat(NamedTuple):
@@ -629,7 +634,9 @@ def parse_register(body: Any) -> Registration:
     left = body.get("walltime_left")
     if left is not None and (type(left) not in (int, float) or left != left):
         raise ProtocolError(f"malformed registration: walltime_left {left!r} is not a number of seconds")
+    host = body.get("host_id")
     fields.update(block_id=str(body.get("block_id")), prefetch=prefetch if type(prefetch) is int else 0,
+                  host_id=host if type(host) is str else None,
                   walltime_left=max(0.0, float(left)) if left is not None else None)
     return Registration(**fields)
 
