@@ -26,10 +26,10 @@ import select
 import socket
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from faasx.errors import FunctionExited, PayloadTooLarge, SerializationError
-from faasx.executor import affinity
+from faasx.executor import affinity, payloads
 from faasx.executor import protocol as P
 from faasx.executor import task_output
 from faasx.executor.task_output import TaskOutput
@@ -187,10 +187,7 @@ class Worker:
                 value = fn(*args, **kwargs)
             else:
                 value = [fn(*a) for a in args]
-            data = serialize(value, "the function's return value")
-            if len(data) > self.max_payload_size:
-                raise PayloadTooLarge("the function's return value", len(data), self.max_payload_size, tid)
-            return P.OK, data
+            return P.OK, self._result_payload(value, task)
         except SerializationError as e:
             e.task_id = tid
             return P.EXCEPTION, serialize_exception(e, self.host)
@@ -200,6 +197,18 @@ class Worker:
             return P.EXCEPTION, serialize_exception(FunctionExited(f"SystemExit({e.code!r})", tid), self.host)
         except BaseException as e:  # KeyboardInterrupt, GeneratorExit raised by user code
             return P.EXCEPTION, serialize_exception(FunctionExited(type(e).__name__, tid), self.host)
+
+
+    def _result_payload(self, value: Any, task: P.Task) -> bytes:
+        """The serialized result: through the client's shared memory when the arguments came that way
+        (``faasx.executor.payloads``: the reader unlinks the file), inline otherwise."""
+        data = serialize(value, "the function's return value",
+                         shared=payloads.reply_writer(task.payload, self.max_payload_size))
+        size = payloads.payload_size(data)
+        if size > self.max_payload_size:
+            payloads.release(data)
+            raise PayloadTooLarge("the function's return value", size, self.max_payload_size, task.tid)
+        return data
 
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
