@@ -73,7 +73,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from faasx.errors import (ExecutorShutdown, FaaSXError, InterchangeLost, ManagerLost, SerializationError,
                           TaskTimeout, VersionMismatch, WorkerLost, refuse_pickling)
-from faasx.executor import affinity
+from faasx.executor import affinity, payloads
 from faasx.executor import protocol as P
 from faasx.executor.channel import Channel, ChannelClosed, ChannelError
 from faasx.executor.security import private_dir
@@ -734,6 +734,7 @@ class EngineClient:
                 self.stats["duplicates"] += 1
                 logger.error("executor %s: result for unknown or already resolved task %d dropped", self.label,
                              res.tid)
+                payloads.release(res.payload)    # a shared-memory result: nobody else will unlink it
                 continue
             if memo_keys:
                 self._remember(res)
