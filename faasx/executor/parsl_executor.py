@@ -19,7 +19,7 @@ from parsl.utils import RepresentationMixin
 from typeguard import typechecked
 
 from faasx.errors import PayloadTooLarge
-from faasx.executor import affinity
+from faasx.executor import affinity, payloads
 from faasx.executor import protocol as P
 from faasx.executor.client import EngineClient, TaskFuture
 from faasx.executor.control import ControlServer
@@ -222,6 +222,8 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
         self.container_start_timeout = container_start_timeout
         self._memo: Optional[MemoStore] = None
         self._memo_inflight: Dict[bytes, Future] = {}
+        self._shm: Optional[payloads.RunDir] = None   # set by start() for a local block: big payloads by shm
+        self._shm_writer: Optional[payloads.Writer] = None
         if remote_monitoring_radio is None:
             from parsl.monitoring.radios.filesystem import FilesystemRadio
             self.remote_monitoring_radio = FilesystemRadio()
@@ -293,6 +295,11 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
         cert_dir = create_keys(self.logdir, self._token, encrypted)
         # chosen once, here, in the thread calling start(): for "auto" the CPU this thread is on
         self._engine_cpu = affinity.choose(self.engine_cpu)
+        # big arguments and results through shared memory when the blocks run on this host (the rule
+        # that offers them the ipc socket); the interchange still inlines them for any manager that
+        # registers from another host (faasx.executor.payloads)
+        self._shm = payloads.RunDir.create() if addresses == [self.loopback_address] else None
+        self._shm_writer = self._shm.writer(self.max_payload_size) if self._shm is not None else None
         self._client = EngineClient(label=self.label, logdir=self.logdir, token=self._token,
                                     heartbeat_period=self.heartbeat_period,
                                     heartbeat_threshold=self.heartbeat_threshold,
@@ -303,6 +310,7 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
             "worker_port_range": self.worker_port_range,
             "worker_port": self.worker_port, "max_retries": self.max_retries_on_system_failure,
             "cert_dir": cert_dir if encrypted else None, "engine_cpu": self._engine_cpu,
+            "shm_dir": self._shm.path if self._shm is not None else None,
         })
         self._memo = MemoStore(self.memo_store)
         self._client.memo_store = self._memo
@@ -423,12 +431,32 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
         if fn_spec:
             spec = dict(fn_spec, **(spec or {}))
         memoize = memoize or fn_memoize
-        payload = serialize((args, kwargs), "the arguments")
-        if len(payload) > self.max_payload_size:
-            raise PayloadTooLarge("the arguments", len(payload), self.max_payload_size)
-        if memoize:
+        if memoize:   # inline: the memo key hashes the argument bytes, and the store keeps result bytes
+            payload = serialize((args, kwargs), "the arguments")
+            if len(payload) > self.max_payload_size:
+                raise PayloadTooLarge("the arguments", len(payload), self.max_payload_size)
             return self._memoized(fid, code, spec, payload)
-        return client.submit(fid, code, P.KIND_CALL, spec, payload)
+        payload = serialize((args, kwargs), "the arguments", shared=self._shm_writer)
+        return self._submit_payload(fid, code, P.KIND_CALL, spec, payload, "the arguments")
+
+    def _submit_payload(self, fid: bytes, code: Optional[bytes], kind: int, spec: Optional[dict], payload: bytes,
+                        what: str) -> TaskFuture:
+        """Check the payload's size and submit it; a shared-memory payload's file is removed when the
+        future is done, or at once if it is refused (``faasx.executor.payloads``: the client owns it)."""
+        assert self._client is not None
+        shared = payloads.is_shared(payload)
+        try:
+            size = payloads.payload_size(payload)
+            if size > self.max_payload_size:
+                raise PayloadTooLarge(what, size, self.max_payload_size)
+            fut = self._client.submit(fid, code, kind, spec, payload)
+        except BaseException:
+            if shared:
+                payloads.release(payload)
+            raise
+        if shared:
+            fut.add_done_callback(lambda _f: payloads.release(payload))
+        return fut
 
     def function_for(self, func: Union[Callable, str]) -> Tuple[bytes, Optional[bytes], Optional[dict], bool]:
         """(function id, code, routing spec, memoize) for a callable or a registered function id;
@@ -487,11 +515,8 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
 
     def submit_chunk(self, fid: bytes, code: Optional[bytes], arg_tuples: list, spec: Optional[dict] = None) -> TaskFuture:
         """One task that runs ``fn(*a)`` for each tuple in ``arg_tuples`` and returns the list."""
-        assert self._client is not None
-        payload = serialize((arg_tuples, None), "the map arguments")
-        if len(payload) > self.max_payload_size:
-            raise PayloadTooLarge("a map chunk's arguments", len(payload), self.max_payload_size)
-        return self._client.submit(fid, code, P.KIND_MAP, spec, payload)
+        payload = serialize((arg_tuples, None), "the map arguments", shared=self._shm_writer)
+        return self._submit_payload(fid, code, P.KIND_MAP, spec, payload, "a map chunk's arguments")
 
     def register_function(self, fn: Callable, *, container: Optional[dict] = None, memoize: bool = False) -> str:
         """Register ``fn`` once; returns its content-addressed id, which ``submit`` accepts."""
@@ -621,6 +646,8 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
         if control is not None:
             control.stop()
         client.shutdown(timeout)
+        if self._shm is not None:      # every future is done: no task needs its files any more
+            self._shm.remove()
         if control is not None:
             try:
                 control.write_final()
