@@ -436,8 +436,13 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
             if len(payload) > self.max_payload_size:
                 raise PayloadTooLarge("the arguments", len(payload), self.max_payload_size)
             return self._memoized(fid, code, spec, payload)
-        payload = serialize((args, kwargs), "the arguments", shared=self._shm_writer)
+        payload = serialize((args, kwargs), "the arguments", shared=self._writer_for(spec))
         return self._submit_payload(fid, code, P.KIND_CALL, spec, payload, "the arguments")
+
+    def _writer_for(self, spec: Optional[dict]) -> Optional[payloads.Writer]:
+        """The shared-memory writer for a task's arguments; None (inline) for a task that runs in a
+        per-function container, whose /dev/shm is its own."""
+        return None if spec and "container" in spec else self._shm_writer
 
     def _submit_payload(self, fid: bytes, code: Optional[bytes], kind: int, spec: Optional[dict], payload: bytes,
                         what: str) -> TaskFuture:
@@ -515,7 +520,7 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
 
     def submit_chunk(self, fid: bytes, code: Optional[bytes], arg_tuples: list, spec: Optional[dict] = None) -> TaskFuture:
         """One task that runs ``fn(*a)`` for each tuple in ``arg_tuples`` and returns the list."""
-        payload = serialize((arg_tuples, None), "the map arguments", shared=self._shm_writer)
+        payload = serialize((arg_tuples, None), "the map arguments", shared=self._writer_for(spec))
         return self._submit_payload(fid, code, P.KIND_MAP, spec, payload, "a map chunk's arguments")
 
     def register_function(self, fn: Callable, *, container: Optional[dict] = None, memoize: bool = False) -> str:

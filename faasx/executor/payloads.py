@@ -31,6 +31,8 @@ sent none) the interchange replaces each reference by the same bytes inline (cod
 pickle + buffers back to back, ``inline``) before dispatching; the payload is never unpickled there.
 A worker sends a result by reference only when that task's arguments came by reference (it has then
 opened a file of the run's directory, which proves it shares the host); otherwise results are inline.
+The client writes references only for a local block (the rule that offers managers the ipc socket),
+and never for a task of a per-function container (a container has a /dev/shm of its own).
 
 Who removes what:
 
@@ -89,8 +91,10 @@ class SharedPayloadError(OSError):
 # ---- host identity -------------------------------------------------------------------------------
 
 def host_id() -> str:
-    """What identifies this host's shared memory: the kernel's boot id (new at every boot) and the
-    hostname.  ``FAASX_HOST_ID`` overrides it (a test's stand-in for a manager on another host)."""
+    """What identifies the shared memory this process sees: the kernel's boot id (new at every boot),
+    the hostname, and the device of /dev/shm -- a container with the host's hostname (podman
+    ``--network=host``) still has a /dev/shm of its own, another mount.  ``FAASX_HOST_ID`` overrides it
+    (a test's stand-in for a manager on another host)."""
     override = os.environ.get(HOST_ID_ENV)
     if override:
         return override
@@ -99,7 +103,11 @@ def host_id() -> str:
             boot = f.read().strip()
     except OSError:
         boot = "no-boot-id"
-    return f"{boot}/{socket.gethostname()}"
+    try:
+        shm = os.stat(SHM_ROOT).st_dev
+    except OSError:
+        shm = -1
+    return f"{boot}/{socket.gethostname()}/{shm}"
 
 
 # ---- the run's directory (client) ----------------------------------------------------------------
@@ -176,11 +184,17 @@ def _wrap(value: Any) -> Any:
     return value
 
 
+def _is_task(obj: Any) -> bool:
+    """Whether ``obj`` is a task's ``(args, kwargs)`` (``kwargs`` None for a map chunk)."""
+    return type(obj) is tuple and len(obj) == 2 and type(obj[0]) in (tuple, list) and \
+        (obj[1] is None or type(obj[1]) is dict)
+
+
 def _wrap_bytes_like(obj: Any) -> Any:
     """``obj`` with its top-level bytes-like values wrapped in ``_OutOfBand``: the value itself, the
     items of a top-level tuple/list, and a task's ``(args, kwargs)``.  Deeper ones stay in-band."""
     kind = type(obj)
-    if kind is tuple and len(obj) == 2 and type(obj[0]) in (tuple, list) and (obj[1] is None or type(obj[1]) is dict):
+    if _is_task(obj):
         kwargs = obj[1] if obj[1] is None else {k: _wrap(v) for k, v in obj[1].items()}
         return (type(obj[0])(_wrap(v) for v in obj[0]), kwargs)
     if kind is tuple or kind is list:
@@ -188,8 +202,21 @@ def _wrap_bytes_like(obj: Any) -> Any:
     return _wrap(obj)
 
 
+def _has_bytes_like(obj: Any) -> bool:
+    """Whether ``_wrap_bytes_like`` would wrap anything in ``obj``."""
+    if _is_task(obj):
+        values = list(obj[0]) + list((obj[1] or {}).values())
+    else:
+        values = obj if type(obj) in (tuple, list) else (obj,)
+    return any(_wrap(v) is not v for v in values)
+
+
 def dumps_out_of_band(obj: Any) -> Tuple[bytes, List[pickle.PickleBuffer]]:
-    """Pickle protocol 5 with buffers >= SHARED_MIN_BYTES out of band: (pickle bytes, buffers)."""
+    """Pickle protocol 5 with buffers >= SHARED_MIN_BYTES out of band: (pickle bytes, buffers).
+
+    The C pickler first, as it is (no per-call Python walk: this is every task's path); only if that
+    fails (a memoryview) or leaves a lot in-band is it redone with the top-level bytes-like values
+    wrapped, when there are any."""
     buffers: List[pickle.PickleBuffer] = []
 
     def keep(buf: pickle.PickleBuffer) -> bool:
@@ -198,6 +225,13 @@ def dumps_out_of_band(obj: Any) -> Tuple[bytes, List[pickle.PickleBuffer]]:
             return False                  # out of band
         return True                       # in band
 
+    try:
+        data = pickle.dumps(obj, 5, buffer_callback=keep)
+        if len(data) < SHARED_MIN_BYTES or not _has_bytes_like(obj):
+            return data, buffers
+    except TypeError:
+        pass
+    buffers.clear()
     return pickle.dumps(_wrap_bytes_like(obj), 5, buffer_callback=keep), buffers
 
 

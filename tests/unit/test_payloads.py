@@ -150,7 +150,7 @@ def test_inline_tasks_replaces_only_references(run_dir):
 
 
 def test_host_identity_and_registration_field(monkeypatch):
-    assert PL.host_id().endswith("/" + os.uname().nodename)
+    assert PL.host_id().endswith(f"/{os.uname().nodename}/{os.stat('/dev/shm').st_dev}")
     monkeypatch.setenv(PL.HOST_ID_ENV, "elsewhere")
     assert PL.host_id() == "elsewhere"
     body = dict(manager_id="m", block_id="0", hostname="h", pid=1, workers=1, prefetch=0, versions={},
