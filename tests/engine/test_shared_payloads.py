@@ -1,0 +1,163 @@
+"""Big payloads through shared memory, with real processes: a local block's client, interchange,
+manager and workers (``faasx.executor.payloads``).
+
+What is checked: values come back equal, a worker gets a view of the client's mapping (not a copy)
+where that is claimed, no file is left in the run's shm directory after results, failures, cancels
+and shutdown, ``max_payload_size`` still counts the whole payload, and a manager that registers
+from another host gets everything inline.  That other host is a stand-in: the block's manager is
+given another host identity through ``FAASX_HOST_ID`` (``payloads.host_id``), which it sends in
+REGISTER as a manager on another node would send its own; its workers could in fact still open the
+files, so the test checks what they were *sent* (the worker reports the kind of buffer its array
+lives in)."""
+import os
+
+import numpy as np
+import pytest
+
+import faasx
+from faasx.errors import PayloadTooLarge
+from faasx.executor import payloads as PL
+from faasx.providers import LocalProvider
+from tests.engine.conftest import FAST_HEARTBEATS, faasx_processes, wait_until
+
+BIG = PL.SHARED_MIN_BYTES
+SIZES = [1000, BIG, 3 * 1024 * 1024, 30 * 1024 * 1024]
+
+
+def where(x):
+    """Runs on the worker: what the argument's memory is (``mmap``: a view of the shared file)."""
+    import mmap
+    import numpy as np
+    base = x.obj if isinstance(x, memoryview) else x
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return "mmap" if isinstance(base, mmap.mmap) else type(base).__name__
+
+
+def inc(x):
+    return x + 1
+
+
+def echo(x):
+    return x
+
+
+def boom(x):
+    raise ValueError(f"no thanks ({len(x)} bytes)")
+
+
+def wait_for(path):
+    """Runs on the worker: block until ``path`` exists (a task the test holds running)."""
+    import os
+    import time
+    while not os.path.exists(path):
+        time.sleep(0.02)
+    return True
+
+
+@pytest.fixture(scope="module")
+def shm_ex(tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("shm"))
+    ex = faasx.Executor(max_workers_per_node=2, run_dir=run_dir, **FAST_HEARTBEATS)
+    yield ex
+    ex.shutdown()
+    wait_until(lambda: not faasx_processes(run_dir), 10, "the executor's processes to exit")
+
+
+def files(ex):
+    return os.listdir(ex.executor._shm.path)
+
+
+def empty(ex):
+    return wait_until(lambda: not files(ex), 10, lambda: f"the shm directory to empty: {files(ex)}")
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_numpy_round_trip_and_the_worker_maps_big_arguments(shm_ex, n):
+    x = np.arange(n, dtype=np.uint8)
+    y = shm_ex.submit(inc, x).result(timeout=60)
+    assert np.array_equal(y, x + 1)
+    assert (where(y) == "mmap") == (n >= BIG)     # a big result is a view in the client too
+    assert (shm_ex.submit(where, x).result(timeout=60) == "mmap") == (n >= BIG)
+    empty(shm_ex)
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+@pytest.mark.parametrize("n", [100, 3 * 1024 * 1024])
+def test_bytes_like_round_trip(shm_ex, kind, n):
+    value = kind(os.urandom(n))
+    back = shm_ex.submit(echo, value).result(timeout=60)
+    assert type(back) is kind and bytes(back) == bytes(value)
+    if n >= BIG:      # a memoryview is a view of the mapping; bytes and bytearray own a copy
+        assert shm_ex.submit(where, value).result(timeout=60) == ("mmap" if kind is memoryview else kind.__name__)
+    empty(shm_ex)
+
+
+def test_results_of_many_tasks_in_flight_and_nothing_left(shm_ex):
+    x = np.arange(2 * 1024 * 1024, dtype=np.uint8)
+    futures = [shm_ex.submit(inc, x) for _ in range(20)]
+    assert all(np.array_equal(f.result(timeout=60), x + 1) for f in futures)
+    assert list(shm_ex.map(inc, [x] * 6, chunksize=3)) and empty(shm_ex)
+
+
+def test_a_failed_task_leaves_no_file(shm_ex):
+    with pytest.raises(ValueError, match="no thanks"):
+        shm_ex.submit(boom, np.zeros(BIG, np.uint8)).result(timeout=60)
+    empty(shm_ex)
+
+
+def test_cancelled_tasks_leave_no_file(shm_ex, tmp_path):
+    release = str(tmp_path / "go")
+    holders = [shm_ex.submit(wait_for, release) for _ in range(2)]   # both workers busy
+    wait_until(lambda: all(h.running() for h in holders), 30, "the two holding tasks to start")
+    queued = [shm_ex.submit(inc, np.zeros(BIG, np.uint8)) for _ in range(6)]
+    assert len(files(shm_ex)) >= 6
+    assert all(f.cancel() for f in queued)
+    empty(shm_ex)
+    open(release, "w").close()
+    assert all(h.result(timeout=30) for h in holders)
+
+
+def test_oversize_arguments_fail_at_submit_and_oversize_results_at_the_worker(tmp_path):
+    run_dir = str(tmp_path)
+    with faasx.Executor(max_workers_per_node=1, run_dir=run_dir, max_payload_size=4 * 1024 * 1024,
+                        **FAST_HEARTBEATS) as ex:
+        with pytest.raises(PayloadTooLarge):
+            ex.submit(inc, np.zeros(5 * 1024 * 1024, np.uint8))
+        assert not files(ex)
+        with pytest.raises(PayloadTooLarge, match="return value"):
+            ex.submit(np.zeros, 5 * 1024 * 1024, np.uint8).result(timeout=60)
+        assert ex.submit(inc, np.zeros(3 * 1024 * 1024, np.uint8)).result(timeout=60).sum() == 3 * 1024 * 1024
+        empty(ex)
+
+
+def test_memoized_big_arguments_hit(tmp_path):
+    with faasx.Executor(max_workers_per_node=1, run_dir=str(tmp_path), **FAST_HEARTBEATS) as ex:
+        fid = ex.register_function(inc, memoize=True)
+        x = np.arange(2 * 1024 * 1024, dtype=np.uint8)
+        first = ex.submit(fid, x).result(timeout=60)
+        second = ex.submit(fid, x).result(timeout=60)
+        assert np.array_equal(first, second) and ex.memo_stats()["hits"] == 1
+
+
+def test_shutdown_removes_the_directory_with_results_never_read(tmp_path):
+    ex = faasx.Executor(max_workers_per_node=1, run_dir=str(tmp_path), **FAST_HEARTBEATS)
+    path = ex.executor._shm.path
+    assert oct(os.stat(path).st_mode & 0o777) == "0o700"
+    ex.submit(inc, np.zeros(BIG, np.uint8)).result(timeout=60)
+    ex.submit(inc, np.zeros(BIG, np.uint8))          # maybe still running at shutdown
+    ex.shutdown(wait=False)
+    wait_until(lambda: not os.path.exists(path), 15, "the shm directory to be removed")
+    wait_until(lambda: not faasx_processes(str(tmp_path)), 15, "the executor's processes to exit")
+
+
+def test_a_manager_from_another_host_gets_inline_payloads(tmp_path):
+    provider = LocalProvider(worker_init=f"export {PL.HOST_ID_ENV}=another-host")
+    with faasx.Executor(provider, max_workers_per_node=1, run_dir=str(tmp_path), **FAST_HEARTBEATS) as ex:
+        x = np.arange(3 * 1024 * 1024, dtype=np.uint8)
+        assert ex.submit(where, x).result(timeout=60) == "bytearray"     # the inline form, not the file
+        y = ex.submit(inc, x).result(timeout=60)
+        assert np.array_equal(y, x + 1) and where(y) != "mmap"           # and the result came inline
+        empty(ex)                                                         # the client released its file
