@@ -9,11 +9,14 @@ For each size, ``--window`` tasks are kept in flight (a new one submitted as eac
 until N tasks ran (about ``--volume`` MB of arguments per size).  Reported:
 
 * MB/s = (argument + result bytes) / wall time, every result checked (``y[0] == x[0] + 1``, shape);
-* peak memory per in-flight MB ("copies held"): the highest total RSS of the client, interchange,
-  manager(s) and workers (Ray: driver, raylet, gcs, workers; its object store's pages count where they
-  are mapped) sampled every 20 ms during the run, minus the same total before it, divided by the MB of
-  arguments in flight (window x size).  1.0 means one extra copy of every in-flight array is held
-  somewhere; the split by role says where.
+* peak memory per in-flight MB ("copies held"): the highest total, sampled every 20 ms during the
+  run, of the private resident memory (RSS minus shared-memory pages, ``RssShmem``) of the client,
+  interchange, manager(s) and workers (Ray: driver, raylet, gcs, workers), plus the machine's
+  shared memory (``Shmem`` in /proc/meminfo: faasx's payload files in /dev/shm, Ray's object store),
+  counted once however many processes map it -- minus the same total before the run, divided by
+  the MB of arguments in flight (window x size).  1.0 means one extra copy of every in-flight array
+  is held somewhere; the split by role says where ("shm" is shared memory).  Another process's
+  shared memory changing meanwhile would show up in "shm": compare systems of the same run.
 
     python benchmarks/bench_arrays.py [--sizes 1,10,100] [--systems faasx,htex,ray,floor] [--quick]
 """
@@ -63,6 +66,36 @@ def open_system(name: str, workers: int):
 # ----------------------------------------------------------------------------------------------------
 # child
 # ----------------------------------------------------------------------------------------------------
+class MemPeak(C.RssPeak):
+    """``RssPeak`` counting shared memory once: each process's RSS without its shared-memory pages,
+    and the machine's ``Shmem`` as the role "shm" (plain RSS counts a mapped shm page in every
+    process that maps it, and a payload file nobody maps in none)."""
+
+    def sample(self) -> dict:
+        out: dict = {}
+        for role, p in self._procs:
+            try:
+                out[role] = out.get(role, 0) + _private_rss(p.pid)
+            except (OSError, ValueError):
+                pass
+        out["shm"] = _meminfo("Shmem")
+        return out
+
+
+def _private_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f if line.startswith(("VmRSS", "RssShmem")))
+    return (int(fields["VmRSS"].split()[0]) - int(fields.get("RssShmem", "0 kB").split()[0])) * 1024
+
+
+def _meminfo(name: str) -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def _check(y, x) -> None:
     if y.shape != x.shape or y[0] != x[0] + 1 or y[-1] != x[-1] + 1:
         raise AssertionError(f"wrong result: shape {y.shape} vs {x.shape}, y[0]={y[0]!r}")
@@ -90,7 +123,7 @@ def _one_size(system, mb: float, args) -> dict:
     n = max(args.min_tasks, int(args.volume / mb))
     _pipeline(system, x, min(n, args.window), args.window, timeout=120)  # warm-up at this size
     C.malloc_trim()
-    with C.RssPeak() as mem:
+    with MemPeak() as mem:
         base = mem.sample()
         t = C.now()
         _pipeline(system, x, n, args.window, timeout=120 + mb)
