@@ -115,6 +115,11 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
         Where managers and workers write their logs (default: this executor's run directory).
     remote_monitoring_radio :
         Parsl monitoring radio for resource monitoring of tasks (None: Parsl's filesystem radio).
+    shared_memory : bool
+        For a local block (the managers on this host): arguments and results with buffers of 256 KiB
+        or more (numpy arrays, bytes-like values) go through private files in /dev/shm, mapped by the
+        reader instead of copied through every hop (``faasx.executor.payloads``).  False: every
+        payload travels inline in the messages.  Blocks on other hosts always get payloads inline.
     memo_store : str or None
         Path of a SQLite file that keeps memoized results across runs (functions registered with
         ``memoize=True``, or calls with ``{"memoize": True}`` in their resource specification).
@@ -170,7 +175,8 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
                  max_container_types: Optional[int] = None,
                  container_python: Optional[str] = None,
                  container_start_timeout: Optional[float] = None,
-                 engine_cpu: Union[int, str, None] = "auto"):
+                 engine_cpu: Union[int, str, None] = "auto",
+                 shared_memory: bool = True):
         # every value checked before anything is set up, naming the option (faasx.executor.options)
         check_faas_executor(
             label=label, address=address, loopback_address=loopback_address, worker_port=worker_port,
@@ -217,6 +223,7 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
         self.worker_logdir_root = worker_logdir_root
         self.remote_monitoring_radio = remote_monitoring_radio
         self.memo_store = memo_store
+        self.shared_memory = shared_memory
         self.max_container_types = max_container_types
         self.container_python = container_python
         self.container_start_timeout = container_start_timeout
@@ -298,7 +305,8 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
         # big arguments and results through shared memory when the blocks run on this host (the rule
         # that offers them the ipc socket); the interchange still inlines them for any manager that
         # registers from another host (faasx.executor.payloads)
-        self._shm = payloads.RunDir.create() if addresses == [self.loopback_address] else None
+        on_this_host = addresses == [self.loopback_address]
+        self._shm = payloads.RunDir.create() if on_this_host and self.shared_memory else None
         self._shm_writer = self._shm.writer(self.max_payload_size) if self._shm is not None else None
         self._client = EngineClient(label=self.label, logdir=self.logdir, token=self._token,
                                     heartbeat_period=self.heartbeat_period,

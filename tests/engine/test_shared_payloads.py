@@ -153,6 +153,15 @@ def test_shutdown_removes_the_directory_with_results_never_read(tmp_path):
     wait_until(lambda: not faasx_processes(str(tmp_path)), 15, "the executor's processes to exit")
 
 
+def test_shared_memory_false_sends_everything_inline(tmp_path):
+    with faasx.Executor(max_workers_per_node=1, run_dir=str(tmp_path), shared_memory=False,
+                        **FAST_HEARTBEATS) as ex:
+        assert ex.executor._shm is None
+        x = np.arange(3 * 1024 * 1024, dtype=np.uint8)
+        assert ex.submit(where, x).result(timeout=60) != "mmap"
+        assert where(ex.submit(inc, x).result(timeout=60)) != "mmap"
+
+
 def test_a_manager_from_another_host_gets_inline_payloads(tmp_path):
     provider = LocalProvider(worker_init=f"export {PL.HOST_ID_ENV}=another-host")
     with faasx.Executor(provider, max_workers_per_node=1, run_dir=str(tmp_path), **FAST_HEARTBEATS) as ex:
