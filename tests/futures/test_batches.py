@@ -15,8 +15,9 @@ def echo_size(blob):
 
 
 def test_many_large_tasks_submitted_at_once_all_succeed(run_dir):
+    # shared_memory=False: through shared memory the messages would carry only small references
     with faasx.Executor(max_workers_per_node=2, run_dir=run_dir, max_payload_size=3 * MIB,
-                        prefetch_capacity=40, **FAST_HEARTBEATS) as ex:
+                        prefetch_capacity=40, shared_memory=False, **FAST_HEARTBEATS) as ex:
         # submitted before the block's manager has registered: they wait at the interchange, which
         # then hands the manager its whole capacity (42 tasks) at once
         futures = ex.submit_batch([(echo_size, (bytes([i]) * (2 * MIB),)) for i in range(40)])

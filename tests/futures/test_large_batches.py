@@ -33,7 +33,9 @@ def size_of(blob):
 
 
 def test_1100_tasks_of_1_mib_submitted_while_a_done_callback_keeps_the_client_busy_all_succeed(run_dir):
-    with faasx.Executor(max_workers_per_node=2, run_dir=run_dir, **FAST_HEARTBEATS) as ex:   # 512 MiB limit
+    # shared_memory=False here and below: through shared memory the messages would carry only references
+    with faasx.Executor(max_workers_per_node=2, run_dir=run_dir, shared_memory=False,
+                        **FAST_HEARTBEATS) as ex:   # 512 MiB limit
         assert ex.submit(size_of, b"up").result(timeout=60) == 2
         callback_started, submitted = threading.Event(), threading.Event()
 
@@ -72,7 +74,7 @@ def test_a_restarted_worker_gets_the_large_tasks_queued_at_its_manager_in_bounde
     handed the queue in bounded messages: every one of the 40 succeeds, and the killed task is retried."""
     flag, release = str(tmp_path / "pid"), str(tmp_path / "release")
     with faasx.Executor(max_workers_per_node=1, prefetch_capacity=40, max_payload_size=4 * MIB, run_dir=run_dir,
-                        **FAST_HEARTBEATS) as ex:
+                        shared_memory=False, **FAST_HEARTBEATS) as ex:
         blocker = ex.submit(block_once, flag, release)
         pid = int(wait_until(lambda: os.path.exists(flag) and open(flag).read(), 60, "the first task to start"))
         large = [ex.submit(size_of, bytes([i]) * (3 * MIB)) for i in range(40)]
