@@ -20,8 +20,11 @@ worker costs the worker little, and the engine's CPU use per task is measured in
 * ``"auto"`` (default): the client picks the CPU it is running on when the executor starts (a CPU
   the kernel found free, so several executors on a shared login node spread out), and every engine
   process of that host uses it; a manager on another host uses the same number if it is among its
-  CPUs, else its last CPU.
-* an ``int``: that CPU (or, where it is not allowed, as for ``"auto"``).
+  CPUs, else its last CPU.  On the client's host the pin adapts (``Governor``): while the client's
+  I/O thread and the interchange need more than that one CPU (a throughput-bound run, or a CPU that
+  other processes keep busy) they are spread over every allowed CPU, and pinned again once their
+  demand has stayed low for a while.
+* an ``int``: that CPU (or, where it is not allowed, as for ``"auto"``), always.
 * ``None``: no pinning at all.
 
 Everything here is best effort: where the platform has no ``sched_setaffinity`` (macOS) or a cgroup
@@ -31,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterable, Optional, Set, Union
+from typing import Iterable, Optional, Set, Tuple, Union
 
 logger = logging.getLogger("faasx.affinity")
 
@@ -108,3 +111,118 @@ def restore(cpus: Optional[str]) -> None:
 
 def format_cpus(cpus: Iterable[int]) -> str:
     return ",".join(str(c) for c in sorted(cpus))
+
+
+# ---- "auto" adapts: one CPU while the engine fits on it, every allowed CPU when it does not ------------
+def thread_ids(pid: int) -> list:
+    """The thread ids of process ``pid`` (Linux ``/proc``), or [] if it is gone."""
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except (OSError, ValueError):
+        return []
+
+
+def thread_times_ns(pid: int, tid: int) -> Tuple[int, int]:
+    """(CPU time, time spent runnable but waiting for a CPU) of a thread, ns (``/proc/.../schedstat``);
+    (0, 0) if it is gone."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+            fields = f.read().split()
+        return int(fields[0]), int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return 0, 0
+
+
+class Governor:
+    """Keeps the engine's threads of this host on one CPU while they fit there, and spreads them over
+    every allowed CPU while they do not (``engine_cpu="auto"``).
+
+    One CPU wins at low load (hand-offs are same-CPU context switches, module docstring) and loses once
+    the engine needs more than that CPU: a client submitting 30,000 tasks/s, the interchange at
+    131,072 workers, or a CPU that other processes keep busy.  The measure is the threads' *demand*
+    per second of wall time: the CPU time they got plus the time they spent runnable, waiting for it
+    (``schedstat``).  Pinned, a demand above ``SPREAD_AT`` (one whole CPU) means the CPU is saturated:
+    they queue behind each other or behind other processes, so they spread over every allowed CPU.
+    Spread, they come back once their demand stays below ``PIN_AT`` for ``hold`` seconds (doubled, up
+    to ``MAX_HOLD``, each time they had to spread again soon after, so that a load that comes and goes
+    does not make them flap).  Measured here (2 CPUs): a sequential round-trip loop, the case the pin
+    is for, 0.2-0.4 CPU on a quiet machine and up to ~0.9 at load 5; a submit loop of no-op tasks
+    0.9-1.9.
+
+    ``members()`` names the threads governed, as (pid, tid) pairs, listed afresh at each measurement
+    (the client's I/O thread and every thread of its interchange).  Owned by the client's I/O thread:
+    ``tick()`` is called from its loop, nothing else touches it.  Managers pin themselves and are not
+    governed.
+    """
+
+    PERIOD = 0.5          # seconds between two measurements
+    SPREAD_AT = 1.0       # demand, in CPUs, above which the one CPU is saturated
+    PIN_AT = 0.5          # demand below which one CPU is enough again
+    HOLD = 2.0            # seconds below PIN_AT before pinning again (at first)
+    MAX_HOLD = 60.0
+
+    def __init__(self, cpu: int, members, who: str, now: float, allowed: Iterable[int]):
+        self.cpu = cpu
+        self.members = members
+        self.who = who
+        self.allowed = set(allowed)        # the CPUs to spread over (the process's, from before pinning)
+        self.pinned = True
+        self.demand = self.wait = 0.0      # the last measurement: CPU used + run-queue wait, and the wait alone
+        self.hold = self.HOLD
+        self._last = now
+        self._last_ns = self._totals()
+        self._quiet_since: Optional[float] = None
+        self._pinned_at = float("-inf")    # when it last pinned them again (never, so far)
+
+    def _totals(self) -> Tuple[int, int]:
+        cpu = wait = 0
+        for pid, tid in self.members():
+            c, w = thread_times_ns(pid, tid)
+            cpu, wait = cpu + c, wait + w
+        return cpu, wait
+
+    def tick(self, now: float) -> None:
+        """Measure once per PERIOD and spread or pin if the demand says so."""
+        if now - self._last < self.PERIOD:
+            return
+        totals, elapsed = self._totals(), (now - self._last) * 1e9
+        # a thread that ended takes its times with it: never a negative demand
+        self.wait = max(0.0, (totals[1] - self._last_ns[1]) / elapsed)
+        self.demand = max(0.0, (totals[0] - self._last_ns[0]) / elapsed) + self.wait
+        self._last, self._last_ns = now, totals
+        if self.pinned:
+            if self.demand > self.SPREAD_AT:
+                self._spread(now)
+        elif self.demand >= self.PIN_AT:
+            self._quiet_since = None
+        elif self._quiet_since is None:
+            self._quiet_since = now
+        elif now - self._quiet_since >= self.hold:
+            self._pin(now)
+
+    def _spread(self, now: float) -> None:
+        # pinned again only a little while ago: wait longer before the next try
+        self.hold = min(self.MAX_HOLD, self.hold * 2) if now - self._pinned_at < 4 * self.hold else self.HOLD
+        if self._apply(self.allowed):
+            self.pinned, self._quiet_since = False, None
+            logger.info("%s: the engine's threads wanted %.2f of CPU %d (%.2f of it waiting); spread over "
+                        "CPUs %s (back to one CPU after %.0f s below %.2f)", self.who, self.demand, self.cpu,
+                        self.wait, format_cpus(self.allowed), self.hold, self.PIN_AT)
+
+    def _pin(self, now: float) -> None:
+        if self._apply({self.cpu}):
+            self.pinned, self._pinned_at = True, now
+            logger.info("%s: the engine's threads need %.2f CPU; back on CPU %d", self.who, self.demand, self.cpu)
+
+    def _apply(self, cpus: Set[int]) -> bool:
+        """Set every member thread's CPUs; False (and nothing more tried) if the platform refuses."""
+        for _pid, tid in self.members():
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except ProcessLookupError:
+                continue                   # a thread that just ended
+            except OSError as e:
+                logger.warning("%s: could not set the CPUs of thread %d to %s (%s); leaving the placement as "
+                               "it is", self.who, tid, format_cpus(cpus), e)
+                return False
+        return True

@@ -17,7 +17,9 @@ tasks go in batches as before.  The send lock orders the two writers on the link
 
 The link to the interchange is an inherited Unix socketpair (``faasx.executor.channel``; the
 interchange is our child process on this host), written without blocking; the client's I/O thread
-and the interchange share one CPU when ``engine_cpu`` allows (``faasx.executor.affinity``).
+and the interchange share one CPU when ``engine_cpu`` allows (``faasx.executor.affinity``), and with
+"auto" only while they fit on it: the I/O thread measures their demand and spreads them while that
+CPU is saturated (``affinity.Governor``).
 
 Liveness: the I/O thread watches the interchange process, its heartbeats and the link.  If the
 interchange dies, the link reaches end of file at once and every pending future fails with
@@ -280,6 +282,8 @@ class EngineClient:
         self.debug = debug
         self.on_fatal = on_fatal                 # called on the I/O thread
         self.engine_cpu: Optional[int] = None    # set by start(), before the I/O thread exists
+        self.engine_cpu_adaptive = False         # likewise: "auto", the pin follows the load (affinity.Governor)
+        self.governor: Optional[affinity.Governor] = None   # the I/O thread's (read by tests)
 
         # the futures table: callers insert (submit), the I/O thread removes (see the module docstring)
         self.futures: Dict[int, TaskFuture] = {}
@@ -335,6 +339,8 @@ class EngineClient:
     def start(self, ic_config: dict, start_timeout: float = 30.0) -> Dict[str, int]:
         """Start the interchange process, connect to it and start the I/O thread."""
         private_dir(self.logdir)
+        ic_config = dict(ic_config)
+        self.engine_cpu_adaptive = bool(ic_config.pop("engine_cpu_adaptive", False))
         cfg = dict(ic_config, token=self.token, logdir=self.logdir, parent_pid=os.getpid(),
                    heartbeat_period=self.heartbeat_period, heartbeat_threshold=self.heartbeat_threshold,
                    max_payload_size=self.max_payload_size, debug=self.debug)
@@ -519,18 +525,35 @@ class EngineClient:
 
     def _io_loop_inner(self) -> None:
         """Sleep until there is work, exchange messages, check the interchange; until it ends."""
-        affinity.pin_this_thread(self.engine_cpu, f"executor {self.label}: I/O thread")
+        allowed = affinity.allowed_cpus()
+        pinned = affinity.pin_this_thread(self.engine_cpu, f"executor {self.label}: I/O thread")
         assert self.link is not None
         io = _LoopState(self.link, self._wake_r, time.monotonic())
+        if pinned and self.engine_cpu_adaptive:
+            self.governor = self._governor(io.last_check, allowed)
+        governor = self.governor
         while True:
             events = self._wait(io)
             now = time.monotonic()
+            if governor is not None:
+                governor.tick(now)
             outcome = self._exchange(io, events.get(io.lfd, 0), now) or self._check_interchange(io, now)
             if outcome is _STOP:
                 return
             if outcome is not None:
                 self._fail_everything(outcome)
                 return
+
+    def _governor(self, now: float, allowed: set) -> Optional[affinity.Governor]:
+        """What keeps this thread and the interchange's on one CPU only while they fit (I/O thread)."""
+        proc = self.ic_proc
+        if proc is None or self.engine_cpu is None:
+            return None
+        me, tid, ic = os.getpid(), threading.get_native_id(), proc.pid
+
+        def members() -> List[Tuple[int, int]]:
+            return [(me, tid)] + [(ic, t) for t in affinity.thread_ids(ic)]
+        return affinity.Governor(self.engine_cpu, members, f"executor {self.label}", now, allowed)
 
     def _wait(self, io: _LoopState) -> dict:
         """Poll the link and the wake pipe; without a timeout only when nothing is waiting to be sent.

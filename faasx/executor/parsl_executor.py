@@ -137,7 +137,8 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
         The one CPU per host on which the engine's own threads run (the client's I/O thread, the
         interchange, the managers and their ZeroMQ I/O threads), so that their hand-offs stay on one
         CPU instead of waking another (``faasx.executor.affinity``).  "auto" (default): the CPU the
-        thread calling ``start()`` is on; an int: that CPU (a host that does not have it uses its
+        thread calling ``start()`` is on, for as long as the engine fits on it (the client's I/O
+        thread and the interchange spread over every CPU while they saturate it); an int: that CPU (a host that does not have it uses its
         highest allowed CPU).  Workers are never pinned.  None: no pinning, e.g. on a shared host or
         where a site forbids setting CPU affinity.
     """
@@ -319,6 +320,7 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
             "worker_port": self.worker_port, "max_retries": self.max_retries_on_system_failure,
             "cert_dir": cert_dir if encrypted else None, "engine_cpu": self._engine_cpu,
             "shm_dir": self._shm.path if self._shm is not None else None,
+            "engine_cpu_adaptive": self.engine_cpu == "auto",
         })
         self._memo = MemoStore(self.memo_store)
         self._client.memo_store = self._memo

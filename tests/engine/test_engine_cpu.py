@@ -176,6 +176,29 @@ def test_engine_cpu_defaults_to_auto_and_auto_picks_an_allowed_cpu(run_dir):
         stop(ex, run_dir)
 
 
+@needs_two_cpus
+def test_auto_governs_the_io_thread_and_every_interchange_thread_and_an_explicit_cpu_does_not(run_dir, pinned):
+    """With "auto" the client's I/O thread and each interchange thread (libzmq's included) are governed
+    (``affinity.Governor``: spread while their CPU is saturated); moving them is real.  engine_cpu=0
+    is a hard pin: no governor."""
+    ex = start(run_dir)
+    try:
+        assert ex.submit(pow, 2, 5).result(timeout=30) == 32
+        client = ex.executor._client
+        gov = wait_until(lambda: client.governor, 10, "the I/O thread's governor")
+        members = set(gov.members())
+        assert (os.getpid(), client._thread.native_id) in members
+        assert {(client.ic_proc.pid, tid) for tid in threads(client.ic_proc.pid)} <= members
+        assert gov.cpu == ex.executor._engine_cpu and gov.allowed == ORIGINAL
+        assert gov._apply(ORIGINAL)                 # what spreading does, to every member thread
+        assert all(os.sched_getaffinity(tid) == ORIGINAL for _, tid in members)
+        assert ex.submit(pow, 3, 2).result(timeout=30) == 9
+    finally:
+        stop(ex, run_dir)
+    pinned_ex, _ = pinned
+    assert pinned_ex.executor._client.governor is None
+
+
 @pytest.mark.parametrize("value", ["bogus", -1, True])
 def test_bad_engine_cpu_values_fail_at_construction(value, run_dir):
     with pytest.raises(ValueError, match="engine_cpu"):

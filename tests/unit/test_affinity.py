@@ -178,3 +178,84 @@ def test_a_process_started_pinned_restores_the_whole_process():
                          preexec_fn=lambda: os.sched_setaffinity(0, {ALLOWED[-1]}))
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [[ALLOWED[-1]], ALLOWED, ALLOWED]
+
+
+# ---- Governor: engine_cpu="auto" spreads a saturated CPU and pins again when it is quiet ---------------
+def _process(code: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def _tick_until(gov, predicate, timeout: float = 20.0) -> bool:
+    """Tick the governor (with the real clock: it reads real CPU times) until ``predicate()`` holds."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        gov.tick(time.monotonic())
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@needs_two_cpus
+def test_governor_spreads_threads_that_saturate_their_cpu_and_pins_them_again_once_quiet():
+    """Two busy processes pinned to one CPU want two CPUs' worth (running + waiting): they are spread
+    over every allowed CPU; once they stop (SIGSTOP: no demand at all) and stay quiet for the hold
+    time, they are pinned back.  Real processes, real schedstat."""
+    import signal
+    import time
+    cpu = ALLOWED[0]
+    busy = [_process("while True: pass") for _ in range(2)]
+    try:
+        for p in busy:
+            os.sched_setaffinity(p.pid, {cpu})
+        members = lambda: [(p.pid, p.pid) for p in busy]  # noqa: E731  (single-threaded processes)
+        gov = affinity.Governor(cpu, members, "test", time.monotonic(), ALLOWED)
+        gov.HOLD = 0.5
+        assert _tick_until(gov, lambda: not gov.pinned), f"not spread; demand {gov.demand:.2f}"
+        assert gov.demand > gov.SPREAD_AT
+        assert all(os.sched_getaffinity(p.pid) == set(ALLOWED) for p in busy)
+        for p in busy:
+            os.kill(p.pid, signal.SIGSTOP)
+        assert _tick_until(gov, lambda: gov.pinned), f"not pinned again; demand {gov.demand:.2f}"
+        assert all(os.sched_getaffinity(p.pid) == {cpu} for p in busy)
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+
+
+def test_governor_leaves_a_quiet_engine_on_its_cpu():
+    import time
+    idle = _process("import time; time.sleep(30)")
+    try:
+        cpu = ALLOWED[-1]
+        os.sched_setaffinity(idle.pid, {cpu})
+        gov = affinity.Governor(cpu, lambda: [(idle.pid, idle.pid)], "test", time.monotonic(), ALLOWED)
+        for _ in range(3):
+            time.sleep(gov.PERIOD + 0.05)
+            gov.tick(time.monotonic())
+        assert gov.pinned and gov.demand < gov.PIN_AT
+        assert os.sched_getaffinity(idle.pid) == {cpu}
+    finally:
+        idle.kill()
+        idle.wait()
+
+
+def test_governor_backs_off_when_it_has_to_spread_again_soon_after_pinning():
+    """A load that comes and goes: each quick re-spread doubles the hold time before pinning again."""
+    gov = affinity.Governor(0, lambda: [], "test", 0.0, ALLOWED)
+    gov._apply = lambda cpus: True      # no threads to move: the timing rule alone
+    gov._spread(10.0)
+    assert gov.hold == gov.HOLD          # the first spread: no back-off
+    gov._pin(13.0)
+    gov._spread(14.0)                    # spread again 1 s after pinning
+    assert gov.hold == 2 * gov.HOLD
+    gov._pin(20.0)
+    gov._spread(1000.0)                  # a long quiet stretch resets it
+    assert gov.hold == gov.HOLD
+
+
+def test_thread_times_of_a_gone_thread_are_zero():
+    assert affinity.thread_times_ns(2 ** 22 + 12345, 2 ** 22 + 12345) == (0, 0)
+    assert affinity.thread_ids(2 ** 22 + 12345) == []
