@@ -39,6 +39,8 @@ SYSTEMS = {
     "faasx": "faasx.Executor",
     # the cost of authentication: the same, without CurveZMQ (not a default; only with --systems)
     "faasx-plain": "faasx.Executor encrypted=False",
+    # the placement experiment (issue 12): the engine's threads never pinned (only with --systems)
+    "faasx-unpinned": "faasx.Executor engine_cpu=None",
     "faasx-parsl": "faasx.FaaSExecutor",
     "htex": "Parsl HTEX",
 }
@@ -80,7 +82,7 @@ def measure(args) -> dict:
         res["cpus"] = sorted(os.sched_getaffinity(0))
     t0 = C.now()
     # imports are not part of cold start (faasx imports lazily: touch the class to import it now)
-    if system in ("faasx", "faasx-plain"):
+    if system in ("faasx", "faasx-plain", "faasx-unpinned"):
         import faasx
         faasx.Executor  # noqa: B018
     else:
@@ -94,8 +96,9 @@ def measure(args) -> dict:
 
     # ---- cold start: constructing / loading the executor -> first result
     t0 = C.now()
-    if system in ("faasx", "faasx-plain"):
-        ex = faasx.Executor(max_workers_per_node=args.workers, encrypted=system == "faasx")
+    if system in ("faasx", "faasx-plain", "faasx-unpinned"):
+        ex = faasx.Executor(max_workers_per_node=args.workers, encrypted=system != "faasx-plain",
+                            **({"engine_cpu": None} if system == "faasx-unpinned" else {}))
 
         def submit(i):
             return ex.submit(noop, i)
@@ -203,7 +206,7 @@ def main(argv=None) -> int:
     p.add_argument("--cpus", default="", metavar="LIST",
                    help="pin each system (its child process and everything it starts) to these CPUs, e.g. 0 "
                         "(an experiment: by default nothing is pinned)")
-    p.add_argument("--systems", default=",".join(s for s in SYSTEMS if s != "faasx-plain"),
+    p.add_argument("--systems", default=",".join(s for s in SYSTEMS if s not in ("faasx-plain", "faasx-unpinned")),
                    help=f"comma list of {', '.join(SYSTEMS)}")
     p.add_argument("--repeat", type=int, default=1, help="fresh-process runs per system; medians reported")
     p.add_argument("--cold-timeout", type=float, default=120.0, help="seconds allowed for the first result")
@@ -274,7 +277,7 @@ def report(runs: dict, systems: list, args):
     def m(s, k):
         return (med.get(s) or {}).get(k)
 
-    faas_cols = [s for s in ("faasx", "faasx-plain", "faasx-parsl") if s in systems]
+    faas_cols = [s for s in ("faasx", "faasx-plain", "faasx-unpinned", "faasx-parsl") if s in systems]
     headers = ["metric"]
     for s in faas_cols:
         headers += [SYSTEMS[s], "ratio"]
