@@ -198,24 +198,25 @@ def _qsub_parser() -> argparse.ArgumentParser:
     return p
 
 
-def qsub_main(argv: List[str]) -> int:
-    sdir = state_dir()
-    cfg = load_config(sdir)
-    parser = _qsub_parser()
-    # options first, then the script (and its arguments, which Cobalt passed on)
+def _qsub_script(parser, argv: List[str]):
+    """(options, absolute script path, script arguments): options first, then the script and its
+    arguments, which Cobalt passed on."""
     opts, rest = parser.parse_known_args(argv)
     unknown = [a for a in rest if a.startswith("-")]
     if unknown and (not rest or rest.index(unknown[0]) == 0):
         raise CobaltError(f"qsub: error: no such option: {unknown[0]}")
     if not rest:
         raise CobaltError("qsub: error: no executable or script specified")
-    script, script_args = os.path.abspath(rest[0]), rest[1:]
+    script = os.path.abspath(rest[0])
     if not os.path.isfile(script):
         raise CobaltError(f"qsub: error: {rest[0]}: file not found")
     if not os.access(script, os.X_OK):
         raise CobaltError(f"qsub: error: {rest[0]}: script is not executable (chmod +x it)")
+    return opts, script, rest[1:]
 
-    # #COBALT directives in the script; the command line wins
+
+def _apply_directives(parser, opts, script: str) -> None:
+    """#COBALT directives in the script fill the options the command line did not give."""
     directives: List[str] = []
     with open(script, errors="replace") as f:
         for line in f:
@@ -226,6 +227,9 @@ def qsub_main(argv: List[str]) -> int:
         if getattr(opts, key, None) is None and value is not None:
             setattr(opts, key, value)
 
+
+def _check_resources(opts, cfg: dict) -> int:
+    """The walltime in seconds, after checking it and the node count."""
     if opts.time is None:
         raise CobaltError("qsub: error: 'time' not provided: give -t MINUTES or -t HH:MM:SS")
     if opts.nodecount is None:
@@ -236,7 +240,11 @@ def qsub_main(argv: List[str]) -> int:
     if opts.nodecount < 1 or opts.nodecount > cfg["max_nodes"]:
         raise CobaltError(f"qsub: error: node count {opts.nodecount} out of range: "
                           f"this machine has {cfg['max_nodes']} nodes")
-    routed = opts.queue is None
+    return walltime
+
+
+def _check_queue_and_project(opts, cfg: dict) -> str:
+    """The job's queue (the default one when none was given), after checking it and the project."""
     queue = opts.queue or cfg["default_queue"]
     if queue not in cfg["queues"]:
         raise CobaltError(f"qsub: error: queue '{queue}' does not exist; "
@@ -246,61 +254,72 @@ def qsub_main(argv: List[str]) -> int:
             raise CobaltError("qsub: error: no project specified: give -A PROJECT")
         raise CobaltError(f"qsub: error: project '{opts.project}' is not valid for user {current_user()} "
                           "(no allocation on this machine)")
-    extra_env: Dict[str, str] = {}
-    if opts.env:
-        for item in opts.env.split(":"):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise CobaltError(f"qsub: error: --env: '{item}' is not VAR=value")
-            extra_env[key] = value
+    return queue
 
+
+def _parse_env(text: Optional[str]) -> Dict[str, str]:
+    """Cobalt's --env VAR=value:VAR2=value2."""
+    extra_env: Dict[str, str] = {}
+    for item in text.split(":") if text else []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CobaltError(f"qsub: error: --env: '{item}' is not VAR=value")
+        extra_env[key] = value
+    return extra_env
+
+
+def _new_job(sdir: str, cfg: dict, opts, argv: List[str], script: str, script_args: List[str], walltime: int,
+             queue: str) -> dict:
     jobid = next_jobid(sdir)
     cwd = os.getcwd()
     prefix = os.path.abspath(opts.outputprefix) if opts.outputprefix else os.path.join(cwd, str(jobid))
-    job = {
-        "jobid": jobid,
-        "user": current_user(),
-        "nodes": opts.nodecount,
-        "walltime": walltime,
-        "queue": queue,
-        "project": opts.project,
-        "attrs": opts.attrs,
-        "argv": ["qsub"] + argv,
-        "script": script,
-        "script_args": script_args,
-        "cwd": cwd,
-        "env": extra_env,
-        "output": os.path.abspath(opts.output) if opts.output else prefix + ".output",
-        "error": os.path.abspath(opts.error) if opts.error else prefix + ".error",
-        "cobaltlog": os.path.abspath(opts.debuglog) if opts.debuglog else prefix + ".cobaltlog",
-        "state": "queued",
-        "submit_time": time.time(),
-        "start_time": None,
-        "location": None,
-        "runner_pid": None,
-        "queue_seconds": cfg["queue_seconds"],
-        "start_seconds": cfg["start_seconds"],
-        "exit_seconds": cfg["exit_seconds"],
-        "kill_grace_seconds": cfg["kill_grace_seconds"],
+
+    def path(given: Optional[str], suffix: str) -> str:
+        return os.path.abspath(given) if given else prefix + suffix
+
+    return {
+        "jobid": jobid, "user": current_user(), "nodes": opts.nodecount, "walltime": walltime, "queue": queue,
+        "project": opts.project, "attrs": opts.attrs, "argv": ["qsub"] + argv, "script": script,
+        "script_args": script_args, "cwd": cwd, "env": _parse_env(opts.env),
+        "output": path(opts.output, ".output"), "error": path(opts.error, ".error"),
+        "cobaltlog": path(opts.debuglog, ".cobaltlog"),
+        "state": "queued", "submit_time": time.time(), "start_time": None, "location": None, "runner_pid": None,
+        **{k: cfg[k] for k in ("queue_seconds", "start_seconds", "exit_seconds", "kill_grace_seconds")},
     }
-    write_job(sdir, job)
-    with open(job["cobaltlog"], "w") as f:
-        f.write(f"Jobid: {jobid}\n{shlex.join(job['argv'])}\n")
-    log(job, f"submitted with cwd set to: {cwd}")
+
+
+def _start_runner(sdir: str, job: dict) -> None:
+    """The job's runner process (``run``), which moves it through its states; its pid goes in the job."""
     runner = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "run", sdir, str(jobid)],
+        [sys.executable, os.path.abspath(__file__), "run", sdir, str(job["jobid"])],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, close_fds=True, cwd=cwd)
+        start_new_session=True, close_fds=True, cwd=job["cwd"])
     job["runner_pid"] = runner.pid
     # the runner may already have moved the job on: only record our field
     with locked(sdir):
-        current = read_job(sdir, jobid)
+        current = read_job(sdir, job["jobid"])
         if current is not None:
             current["runner_pid"] = runner.pid
             write_job(sdir, current)
-    if routed:
+
+
+def qsub_main(argv: List[str]) -> int:
+    sdir = state_dir()
+    cfg = load_config(sdir)
+    parser = _qsub_parser()
+    opts, script, script_args = _qsub_script(parser, argv)
+    _apply_directives(parser, opts, script)   # the command line wins
+    walltime = _check_resources(opts, cfg)
+    queue = _check_queue_and_project(opts, cfg)
+    job = _new_job(sdir, cfg, opts, argv, script, script_args, walltime, queue)
+    write_job(sdir, job)
+    with open(job["cobaltlog"], "w") as f:
+        f.write(f"Jobid: {job['jobid']}\n{shlex.join(job['argv'])}\n")
+    log(job, f"submitted with cwd set to: {job['cwd']}")
+    _start_runner(sdir, job)
+    if opts.queue is None:
         print(f'Job routed to queue "{queue}".')
-    print(jobid)
+    print(job["jobid"])
     return 0
 
 
