@@ -119,6 +119,42 @@ def selector_matches(selector: Optional[str], labels: Dict[str, str]) -> bool:
     return True
 
 
+# ---- what the API server validates in a pod (422 Invalid, one cause per field) ----------------------
+def _name_causes(name: str) -> list:
+    if not name:
+        return [("metadata.name", "Required value: name or generateName is required")]
+    if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+        return [("metadata.name", f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must '
+                                  "consist of lower case alphanumeric characters, '-' or '.', and "
+                                  "must start and end with an alphanumeric character")]
+    return []
+
+
+def _container_causes(spec: dict) -> list:
+    containers = spec.get("containers") or []
+    causes = [] if containers else [("spec.containers", "Required value")]
+    for i, c in enumerate(containers):
+        if not _DNS_LABEL.match(c.get("name") or "") or len(c.get("name") or "") > 63:
+            causes.append((f"spec.containers[{i}].name", f'Invalid value: "{c.get("name")}": a lowercase '
+                                                         "RFC 1123 label must consist of lower case "
+                                                         "alphanumeric characters or '-'"))
+        if not c.get("image"):
+            causes.append((f"spec.containers[{i}].image", "Required value"))
+    return causes
+
+
+def _label_causes(meta: dict) -> list:
+    return [("metadata.labels", f'Invalid value: "{value}": must be no more than 63 characters')
+            for value in (meta.get("labels") or {}).values() if len(str(value)) > 63]
+
+
+def _restart_causes(spec: dict) -> list:
+    if spec.get("restartPolicy", "Always") in ("Always", "OnFailure", "Never"):
+        return []
+    return [("spec.restartPolicy", f'Unsupported value: "{spec.get("restartPolicy")}": '
+                                   'supported values: "Always", "OnFailure", "Never"')]
+
+
 class FakeKubeAPI:
     """The fake API server.  Use as a context manager, or call :meth:`start` / :meth:`stop`."""
 
@@ -293,43 +329,14 @@ class FakeKubeAPI:
         if body_ns and body_ns != ns:
             raise _Reject(400, "BadRequest", "the namespace of the provided object does not match the "
                                              "namespace sent on the request")
-        causes = []
-        if not name:
-            causes.append(("metadata.name", "Required value: name or generateName is required"))
-        elif len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
-            causes.append(("metadata.name", f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must '
-                                            "consist of lower case alphanumeric characters, '-' or '.', and "
-                                            "must start and end with an alphanumeric character"))
         spec = pod.get("spec") or {}
-        containers = spec.get("containers") or []
-        if not containers:
-            causes.append(("spec.containers", "Required value"))
-        for i, c in enumerate(containers):
-            if not _DNS_LABEL.match(c.get("name") or "") or len(c.get("name") or "") > 63:
-                causes.append((f"spec.containers[{i}].name", f'Invalid value: "{c.get("name")}": a lowercase '
-                                                             "RFC 1123 label must consist of lower case "
-                                                             "alphanumeric characters or '-'"))
-            if not c.get("image"):
-                causes.append((f"spec.containers[{i}].image", "Required value"))
-        for key, value in (meta.get("labels") or {}).items():
-            if len(str(value)) > 63:
-                causes.append(("metadata.labels", f'Invalid value: "{value}": must be no more than 63 '
-                                                   "characters"))
-        if spec.get("restartPolicy", "Always") not in ("Always", "OnFailure", "Never"):
-            causes.append(("spec.restartPolicy", f'Unsupported value: "{spec.get("restartPolicy")}": '
-                                                 'supported values: "Always", "OnFailure", "Never"'))
+        causes = _name_causes(name) + _container_causes(spec) + _label_causes(meta) + _restart_causes(spec)
         if causes:
             message = f'Pod "{name}" is invalid: ' + ", ".join(f"{f}: {m}" for f, m in causes)
             raise _Reject(422, "Invalid", message, {
                 "name": name, "kind": "Pod",
                 "causes": [{"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in causes]})
-        if (ns, name) in self.pods:
-            raise _Reject(409, "AlreadyExists", f'pods "{name}" already exists', {"name": name, "kind": "pods"})
-        used = sum(1 for pns, _ in self.pods if pns == ns)
-        if self.max_pods is not None and used >= self.max_pods:
-            raise _Reject(403, "Forbidden", f'pods "{name}" is forbidden: exceeded quota: pod-quota, '
-                                            f"requested: pods=1, used: pods={used}, limited: pods={self.max_pods}",
-                          {"name": name, "kind": "pods"})
+        self._admit(ns, name)
         pod.setdefault("apiVersion", "v1")
         pod["kind"] = "Pod"
         meta.update({"namespace": ns, "uid": str(uuid.uuid4()), "creationTimestamp": _now()})
@@ -343,6 +350,16 @@ class FakeKubeAPI:
         if self.run_pods:
             self._start_pod(ns, name, pod)
         return 201, copy.deepcopy(pod)
+
+    def _admit(self, ns: str, name: str) -> None:
+        """A valid pod still needs a free name and room in the namespace's quota (409 / 403 otherwise)."""
+        if (ns, name) in self.pods:
+            raise _Reject(409, "AlreadyExists", f'pods "{name}" already exists', {"name": name, "kind": "pods"})
+        used = sum(1 for pns, _ in self.pods if pns == ns)
+        if self.max_pods is not None and used >= self.max_pods:
+            raise _Reject(403, "Forbidden", f'pods "{name}" is forbidden: exceeded quota: pod-quota, '
+                                            f"requested: pods=1, used: pods={used}, limited: pods={self.max_pods}",
+                          {"name": name, "kind": "pods"})
 
     def _list(self, ns, _name, query, _body) -> Tuple[int, dict]:
         selector = (query.get("labelSelector") or [None])[0]
