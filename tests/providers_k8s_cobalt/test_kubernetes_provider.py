@@ -90,17 +90,31 @@ def test_pod_spec_sent_to_the_api(kube_api, kubeconfig):
     assert request["path"] == "/api/v1/namespaces/default/pods"
     assert request["headers"]["authorization"] == f"Bearer {kube_api.token}"  # the kubeconfig's credentials
     pod = request["body"]
-    meta, spec = pod["metadata"], pod["spec"]
+    check_metadata(pod["metadata"], job_id)
+    check_pod_spec(pod["spec"])
+    (container,) = pod["spec"]["containers"]
+    check_container(container)
+    check_container_script(container["command"], job_id)
+    stored = kube_api.pod(job_id)
+    assert stored["status"]["phase"] == "Pending"
+
+
+def check_metadata(meta: dict, job_id: str) -> None:
     assert meta["name"] == job_id
     assert meta["labels"][JOB_LABEL] == job_id and meta["labels"]["team"] == "hpc"
     assert PROVIDER_LABEL in meta["labels"]
     assert meta["annotations"] == {"owner": "lab"}
+
+
+def check_pod_spec(spec: dict) -> None:
     assert spec["restartPolicy"] == "Never"  # a block that ends must not be restarted forever
     assert spec["serviceAccountName"] == "faasx-runner"
     assert spec["imagePullSecrets"] == [{"name": "regcred"}, {"name": "other-cred"}]
     assert {"name": "shared-data", "persistentVolumeClaim": {"claimName": "shared-data"}} in spec["volumes"]
     assert {"name": "scratch", "emptyDir": {}} in spec["volumes"]
-    (container,) = spec["containers"]
+
+
+def check_container(container: dict) -> None:
     assert container["image"] == "registry.example.org/faasx:2"
     assert container["imagePullPolicy"] == "IfNotPresent"
     assert container["resources"] == {"requests": {"cpu": "0.5", "memory": "1Gi", "nvidia.com/gpu": "1"},
@@ -109,13 +123,14 @@ def test_pod_spec_sent_to_the_api(kube_api, kubeconfig):
     assert {"name": "shared-data", "mountPath": "/data"} in container["volumeMounts"]
     assert {"name": "scratch", "mountPath": "/scratch"} in container["volumeMounts"]
     assert container["env"] == [{"name": "OMP_NUM_THREADS", "value": "1"}]
-    shell, flag, script = container["command"]
+
+
+def check_container_script(command: list, job_id: str) -> None:
+    shell, flag, script = command
     assert (shell, flag) == ("/bin/bash", "-c")
     assert f'export FAASX_BLOCK_JOB_ID="{job_id}"' in script
     assert "FAASX_WALLTIME_END" not in script  # Kubernetes has no walltime
     assert script.index("source /opt/venv/bin/activate") < script.index("faasx-manager --interchange")
-    stored = kube_api.pod(job_id)
-    assert stored["status"]["phase"] == "Pending"
 
 
 def test_container_script_runs_worker_init_then_copies_of_the_command(kube_api, kubeconfig, tmp_path):
