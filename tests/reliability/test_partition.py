@@ -143,47 +143,27 @@ def manager_pids(ex):
     return {m["pid"] for m in ex.executor.connected_managers()}
 
 
-@pytest.mark.parametrize("side", ["host", "remote"])
-def test_partitioned_manager_tasks_redispatched_and_stale_manager_refused(side, make_executor, start_manager,
-                                                                        test_host, report, tmp_path):
-    ex = make_executor(provider=LocalProvider(init_blocks=0, min_blocks=0, max_blocks=0), strategy="none",
-                       address=test_host.host_addr, encrypted=True, max_workers_per_node=2,
-                       max_retries_on_system_failure=2, **HB)
-    cert_dir = os.path.join(ex.executor.logdir, "certs")
-    assert stat.S_IMODE(os.stat(cert_dir).st_mode) == 0o700
-    assert "--cert-dir" in ex.executor._get_launch_command("x")
+def start_remote_manager(ex, start_manager, test_host, tmp_path):
+    """The manager on the other side of the link to be cut, registered.
 
-    # the remote host's manager gets a long heartbeat_threshold of its own, so that it is still
-    # alive when the link heals and must be refused by the interchange (instead of exiting itself).
-    # No --ipc: the interchange's Unix socket is a file, reachable from a network namespace of this
-    # host though not from another host, which the namespace stands in for
+    It gets a long heartbeat_threshold of its own, so that it is still alive when the link heals and must
+    be refused by the interchange (instead of exiting itself).  No --ipc: the interchange's Unix socket is
+    a file, reachable from a network namespace of this host though not from another host, which the
+    namespace stands in for."""
     remote = start_manager(ex, "remote", prefix=test_host.prefix(), replace={"--heartbeat-threshold": 120},
                            drop=["--ipc"], log=str(tmp_path / "remote.out"))
     wait_until(lambda: remote.pid in manager_pids(ex), 30, what="the manager in the namespace to register")
     m = [m for m in ex.executor.connected_managers() if m["pid"] == remote.pid][0]
     assert m["block_id"] == "remote"
+    return remote
 
-    def where(i, seconds):
-        import os
-        import time
-        time.sleep(seconds)
-        return i * 1000 + 7, os.getppid()     # the value, and the manager that ran it
 
-    quick = [ex.submit(where, i, 0) for i in range(50)]
-    assert [f.result(timeout=60) for f in quick] == [(i * 1000 + 7, remote.pid) for i in range(50)]
-
-    long_tasks = [ex.submit(where, i, 6) for i in range(2)]
-    wait_until(lambda: any(m["tasks"] == 2 for m in ex.executor.connected_managers() if m["pid"] == remote.pid),
-             30, what="the remote manager to hold both long tasks")
-    # capacity elsewhere, with the run's keys: a manager on this host
-    local = start_manager(ex, "local", log=str(tmp_path / "local.out"))
-    wait_until(lambda: local.pid in manager_pids(ex), 30, what="the local manager to register")
-    before = ex.executor.interchange_stats()
-
+def cut_and_check_redispatch(ex, test_host, side: str, long_tasks, remote, local, before: dict) -> dict:
+    """Cut the link: the interchange declares the remote manager lost and its two tasks run on ``local``."""
     test_host.cut(side)
     t_cut = time.monotonic()
     wait_until(lambda: ex.executor.interchange_stats()["managers_lost"] > before["managers_lost"],
-             HB["heartbeat_threshold"] + 10, what="the interchange to declare the cut-off manager lost")
+               HB["heartbeat_threshold"] + 10, what="the interchange to declare the cut-off manager lost")
     t_lost = time.monotonic() - t_cut
     results = [f.result(timeout=60) for f in long_tasks]
     t_done = time.monotonic() - t_cut
@@ -197,9 +177,13 @@ def test_partitioned_manager_tasks_redispatched_and_stale_manager_refused(side, 
         # nothing on this host saw the link break: the heartbeat threshold found it
         assert "no heartbeat for more than" in removal[0], removal[0]
         assert t_lost >= HB["heartbeat_threshold"] - 0.1
+    return dict(detected_by=removal[0].split("removed: ")[1].split(";")[0],
+                seconds_cut_to_declared_lost=round(t_lost, 2), seconds_cut_to_tasks_done=round(t_done, 2))
 
-    # heal: the stale manager talks again (heartbeats, and the results of the tasks it finished
-    # meanwhile); it is refused and exits, and nothing reaches a future twice
+
+def heal_and_check_refusal(ex, test_host, side: str, remote) -> float:
+    """Heal: the stale manager talks again (heartbeats, and the results of the tasks it finished meanwhile);
+    it is refused and exits, and nothing reaches a future twice.  Returns the seconds until it exited."""
     test_host.heal(side)
     t_heal = time.monotonic()
     remote.wait(timeout=60)
@@ -213,13 +197,41 @@ def test_partitioned_manager_tasks_redispatched_and_stale_manager_refused(side, 
     assert ex.executor._client.stats["duplicates"] == 0
     assert final["duplicates_dropped"] == 0
     assert final["managers"] == 1
+    return t_refused
 
+
+@pytest.mark.parametrize("side", ["host", "remote"])
+def test_partitioned_manager_tasks_redispatched_and_stale_manager_refused(side, make_executor, start_manager,
+                                                                        test_host, report, tmp_path):
+    ex = make_executor(provider=LocalProvider(init_blocks=0, min_blocks=0, max_blocks=0), strategy="none",
+                       address=test_host.host_addr, encrypted=True, max_workers_per_node=2,
+                       max_retries_on_system_failure=2, **HB)
+    cert_dir = os.path.join(ex.executor.logdir, "certs")
+    assert stat.S_IMODE(os.stat(cert_dir).st_mode) == 0o700
+    assert "--cert-dir" in ex.executor._get_launch_command("x")
+    remote = start_remote_manager(ex, start_manager, test_host, tmp_path)
+
+    def where(i, seconds):
+        import os
+        import time
+        time.sleep(seconds)
+        return i * 1000 + 7, os.getppid()     # the value, and the manager that ran it
+
+    quick = [ex.submit(where, i, 0) for i in range(50)]
+    assert [f.result(timeout=60) for f in quick] == [(i * 1000 + 7, remote.pid) for i in range(50)]
+    long_tasks = [ex.submit(where, i, 6) for i in range(2)]
+    wait_until(lambda: any(m["tasks"] == 2 for m in ex.executor.connected_managers() if m["pid"] == remote.pid),
+               30, what="the remote manager to hold both long tasks")
+    # capacity elsewhere, with the run's keys: a manager on this host
+    local = start_manager(ex, "local", log=str(tmp_path / "local.out"))
+    wait_until(lambda: local.pid in manager_pids(ex), 30, what="the local manager to register")
+    cut = cut_and_check_redispatch(ex, test_host, side, long_tasks, remote, local, ex.executor.interchange_stats())
+    t_refused = heal_and_check_refusal(ex, test_host, side, remote)
     # the executor goes on serving on the local manager
     more = [ex.submit(where, i, 0) for i in range(20)]
     assert [f.result(timeout=60) for f in more] == [(i * 1000 + 7, local.pid) for i in range(20)]
-    report(f"network_partition_{side}_end_down", partitions=1, detected_by=removal[0].split("removed: ")[1].split(";")[0], tasks_held_by_cut_manager=2, redispatched=2, lost=0,
-           duplicated=0, heartbeat_threshold=HB["heartbeat_threshold"],
-           seconds_cut_to_declared_lost=round(t_lost, 2), seconds_cut_to_tasks_done=round(t_done, 2),
+    report(f"network_partition_{side}_end_down", partitions=1, tasks_held_by_cut_manager=2, redispatched=2, lost=0,
+           duplicated=0, heartbeat_threshold=HB["heartbeat_threshold"], **cut,
            seconds_heal_to_stale_manager_exit=round(t_refused, 2))
 
 
