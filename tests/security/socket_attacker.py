@@ -12,7 +12,8 @@ worker's command line.  This attacker, as an unprivileged user on the same host 
    as a worker would, and answers every task it is sent with a *canary*: a pickle that creates
    ``--canary`` if the client ever unpickles it.
 
-Prints one JSON report on stdout.  Needs msgpack (faasx's wire format and framing are read from the worktree).
+Prints one JSON report on stdout.  Needs pyzmq and msgpack, as ``attacker.py`` (faasx's wire format and framing
+are read from the worktree).
 """
 from __future__ import annotations
 
@@ -26,18 +27,9 @@ import time
 
 from faasx.executor import protocol as P
 from faasx.executor.channel import Channel, ChannelClosed
+from tests.security.attacker import Canary
 
 CONNECT_RE = re.compile(rb"--connect\x00([^\x00]+)")
-
-
-class Canary:
-    """Unpickling this creates the canary file: proof that the attacker ran code in the client."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
 
 
 def paths_in_cmdlines() -> list:
