@@ -1,9 +1,10 @@
 """Helpers shared by every test directory."""
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from typing import Any, Callable, Union
+from typing import Any, Callable, Iterator, Union
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0,
@@ -37,6 +38,21 @@ def alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+@contextlib.contextmanager
+def safe_executor(provider, **options) -> Iterator[Any]:
+    """A ``faasx.Executor`` on ``provider`` that a failing test cannot hang: a test that fails may leave
+    futures that never resolve, which ``shutdown(wait=True)`` would wait for; at exit the engine is torn
+    down first (failing them), then shut down as usual."""
+    import faasx
+    ex = faasx.Executor(provider=provider, **options)
+    try:
+        yield ex
+    finally:
+        if any(not f.done() for f in list(ex.executor.tasks.values())):
+            ex._teardown()
+        ex.shutdown()
 
 
 # ---- podman, as these machines run it (/work/shared/recipes/podman.md) ----------------------------

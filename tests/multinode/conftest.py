@@ -34,7 +34,7 @@ from typing import Dict, List, Optional
 import psutil
 import pytest
 
-from tests.support import wait_until
+from tests.support import safe_executor, wait_until
 
 from mn_support import WORKER_INIT  # on sys.path: the repository's conftest.py
 
@@ -190,21 +190,12 @@ class MultinodeSession:
         self.providers.append(provider)
         return provider
 
-    @contextlib.contextmanager
     def executor(self, provider, **options):
-        import faasx
+        """``tests.support.safe_executor`` with this directory's defaults and a run directory of its own."""
         opts = dict(EXECUTOR_DEFAULTS, run_dir=str(self.tmp_path / f"run{len(self.run_dirs)}"))
         opts.update(options)
         self.run_dirs.append(opts["run_dir"])
-        ex = faasx.Executor(provider=provider, **opts)
-        try:
-            yield ex
-        finally:
-            # a failed test may leave futures that never resolve: tear the engine down (failing them)
-            # before the ordinary shutdown, which would wait for them
-            if any(not f.done() for f in list(ex.executor.tasks.values())):
-                ex._teardown()
-            ex.shutdown()
+        return safe_executor(provider, **opts)
 
     def launcher(self, kind: str):
         """(launcher, worker_init) that start one manager per node: ``"srun"``; ``"mpich"`` (Hydra's

@@ -15,16 +15,15 @@ Every wait polls with a deadline and every ``result()`` has a timeout.
 """
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import subprocess
 import time
 
 import pytest
-
-import faasx
 from parsl.jobs.states import JobState
+
+from tests.support import safe_executor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Tasks are functions of this module, sent by reference: the blocks must be able to import it.
@@ -83,21 +82,12 @@ def block_provider(slurm_cluster, slurm_provider):
     return make
 
 
-@contextlib.contextmanager
 def elastic_executor(provider, tmp_path, **options):
     opts = dict(max_workers_per_node=1, heartbeat_period=HEARTBEAT_PERIOD, heartbeat_threshold=HEARTBEAT_THRESHOLD,
                 strategy="simple", strategy_period=STRATEGY_PERIOD, max_idletime=MAX_IDLETIME,
                 run_dir=str(tmp_path / "run"))
     opts.update(options)
-    ex = faasx.Executor(provider=provider, **opts)
-    try:
-        yield ex
-    finally:
-        # A failed test may leave futures that would never resolve: shutdown(wait=True) would wait for
-        # them forever.  Tear the engine down first (it fails them), then shut down as usual.
-        if any(not f.done() for f in list(ex.executor.tasks.values())):
-            ex._teardown()
-        ex.shutdown()
+    return safe_executor(provider, **opts)
 
 
 def logs(ex, pattern):
