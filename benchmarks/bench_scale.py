@@ -142,25 +142,51 @@ def _tasks_for(d: float, workers: int, args) -> int:
     return int(max(min(args.max_tasks, workers * args.seconds / d), min(workers, args.max_tasks)))
 
 
-def _cell(ex, d: float, n: int, workers: int, stats_dir: str) -> dict:
+def _submit_each(ex, d: float, n: int, timeout: float):
+    """``n`` tasks submitted one by one; returns a callable that waits for them all."""
+    futs = [ex.submit(sleep_task, d) for _ in range(n)]
+    return lambda: C.wait_all(futs, timeout=timeout)
+
+
+def _submit_map(chunksize: int):
+    def submit(ex, d: float, n: int, timeout: float):
+        """``map(sleep_task, [d] * n, chunksize)``: n calls in n / chunksize tasks (all submitted
+        before ``map`` returns); the callable consumes the results."""
+        it = ex.map(sleep_task, [d] * n, timeout=timeout, chunksize=chunksize)
+        return lambda: sum(1 for _ in it)
+    return submit
+
+
+def _cell(ex, d: float, n: int, workers: int, stats_dir: str, submit=_submit_each, mode: str = "submit") -> dict:
+    """One cell: ``n`` calls of ``d`` s through ``submit``; rates count calls (a map chunk has several)."""
     ic, swarms = _processes()
     time.sleep(0.3)  # the swarm's counters file is at most 0.25 s old
     c0, ic0, sw0, cl0 = _swarm_counters(stats_dir), _cpu([ic]), _cpu(swarms), sum(os.times()[:2])
     t = C.now()
-    futs = [ex.submit(sleep_task, d) for _ in range(n)]
+    wait = submit(ex, d, n, 120 + 4 * n * d / workers + n / 2000)
     t_sub = C.now() - t
-    C.wait_all(futs, timeout=120 + 4 * n * d / workers + n / 2000)
+    wait()
     wall = C.now() - t
     ic1, sw1, cl1 = _cpu([ic]), _cpu(swarms), sum(os.times()[:2])
     time.sleep(0.3)
     c1 = _swarm_counters(stats_dir)
     msgs = c1.get("task_msgs", 0) - c0.get("task_msgs", 0)
-    return {"d": d, "tasks": n, "wall": wall, "rate": n / wall, "submit_rate": n / t_sub,
-            "utilisation": n * d / (workers * wall) if d > 0 else None,
-            "ideal_wall": max(n * d / workers, d),
-            "tasks_per_msg": (c1.get("tasks_in", 0) - c0.get("tasks_in", 0)) / msgs if msgs else None,
+    tasks_in = c1.get("tasks_in", 0) - c0.get("tasks_in", 0)
+    return {"d": d, "mode": mode, "tasks": n, "engine_tasks": tasks_in, "wall": wall, "rate": n / wall,
+            "submit_rate": n / t_sub, "utilisation": n * d / (workers * wall) if d > 0 else None,
+            "ideal_wall": max(n * d / workers, d), "tasks_per_msg": tasks_in / msgs if msgs else None,
             "ic_us": (ic1 - ic0) / n * 1e6, "swarm_us": (sw1 - sw0) / n * 1e6, "client_us": (cl1 - cl0) / n * 1e6,
             "ic_rss": ic.memory_info().rss if ic else None}
+
+
+def _map_cells(ex, workers: int, stats_dir: str, args) -> list:
+    """Sustained load through ``map``: ``--map-seconds`` of work for every worker, in chunks."""
+    cells = []
+    for d in [float(x) for x in args.map_durations.split(",") if x]:
+        n = int(workers * args.map_seconds / d)
+        cells.append(_cell(ex, d, n, workers, stats_dir, _submit_map(args.map_chunksize),
+                           f"map/{args.map_chunksize}"))
+    return cells
 
 
 def measure(args) -> dict:
@@ -186,6 +212,7 @@ def measure(args) -> dict:
         res["latency_10ms"] = _round_trips(ex, 0.01, max(10, args.round_trips // 4))
         for d in [float(x) for x in args.durations.split(",")]:
             res["cells"].append(_cell(ex, d, _tasks_for(d, workers, args), workers, stats_dir))
+        res["map_cells"] = _map_cells(ex, workers, stats_dir, args)
         res["swarm"] = _swarm_counters(stats_dir)
     finally:
         ex.shutdown(wait=True)
@@ -202,14 +229,15 @@ def _fmt_pct(v) -> str:
 def report(results: list) -> None:
     rows = []
     for r in results:
-        for c in r["cells"]:
+        for c in r["cells"] + r.get("map_cells", []):
             rows.append([f"{r['workers']:,} ({r['managers']:,} x {r['workers'] // r['managers']})",
-                         f"{c['d'] * 1e3:g} ms", f"{c['tasks']:,}", C.fmt_rate(c["rate"]), _fmt_pct(c["utilisation"]),
+                         f"{c['d'] * 1e3:g} ms" + ("" if c.get("mode", "submit") == "submit" else f" {c['mode']}"),
+                         f"{c['tasks']:,}", C.fmt_rate(c["rate"]), _fmt_pct(c["utilisation"]),
                          f"{c['tasks_per_msg']:.1f}" if c["tasks_per_msg"] else "-", f"{c['ic_us']:.1f}",
                          f"{c['swarm_us']:.1f}", f"{c['client_us']:.1f}", C.fmt_mib(c["ic_rss"])])
-    C.print_table(["workers (managers x W)", "task", "tasks", "tasks/s", "busy", "tasks/msg", "ic us/task",
-                   "swarm us/task", "client us/task", "ic RSS"], rows,
-                  title=f"\nThroughput by scale and task duration ({PAPER})")
+    C.print_table(["workers (managers x W)", "task", "calls", "calls/s", "busy", "tasks/msg", "ic us/call",
+                   "swarm us/call", "client us/call", "ic RSS"], rows,
+                  title=f"\nThroughput by scale and task duration ({PAPER}); map/K: map(chunksize=K), K calls a task")
     rows = [[f"{r['workers']:,}", f"{r['managers']:,}", r["swarm_processes"], C.fmt_s(r["register_s"]),
              C.fmt_ms(r["latency_0"]["p50"]), C.fmt_ms(r["latency_0"]["p99"]), C.fmt_ms(r["latency_10ms"]["p50"])]
             for r in results]
@@ -245,12 +273,17 @@ def main(argv=None) -> int:
     p.add_argument("--max-tasks", type=int, default=200_000, help="tasks per cell at most (default 200,000)")
     p.add_argument("--seconds", type=float, default=4.0, help="ideal makespan per cell (default 4 s)")
     p.add_argument("--round-trips", type=int, default=200)
+    p.add_argument("--map-durations", default="1", help="durations of the sustained map() cells ('' for none)")
+    p.add_argument("--map-chunksize", type=int, default=8, help="chunksize of the map() cells (default 8)")
+    p.add_argument("--map-seconds", type=float, default=16.0,
+                   help="seconds of work per worker in a map() cell (default 16: two chunks of 8 x 1 s each)")
     p.add_argument("--plots", default=None, metavar="DIR", help="write the PNGs here (default docs/img/)")
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
         args.managers, args.workers, args.durations = "2", min(args.workers, 8), "0,0.01"
         args.tasks, args.max_tasks, args.seconds, args.round_trips = 2000, 2000, 0.5, 20
+        args.map_durations, args.map_chunksize, args.map_seconds = "0.01", 4, 0.1
     if args.child:
         C.child_main(args, measure)
         return 0
@@ -262,7 +295,8 @@ def main(argv=None) -> int:
     child_args = ["--workers", str(args.workers), "--prefetch", str(args.prefetch), "--per-process",
                   str(args.per_process), "--durations", args.durations, "--tasks", str(args.tasks),
                   "--max-tasks", str(args.max_tasks), "--seconds", str(args.seconds),
-                  "--round-trips", str(args.round_trips)]
+                  "--round-trips", str(args.round_trips), "--map-durations", args.map_durations,
+                  "--map-chunksize", str(args.map_chunksize), "--map-seconds", str(args.map_seconds)]
     results, errors, runs = [], [], []
     for m in [int(x) for x in args.managers.split(",")]:
         r = C.run_child(os.path.abspath(__file__), ["--child", str(m), *child_args], timeout=900,

@@ -6,7 +6,8 @@ heartbeat period) and opens ``--managers`` ZeroMQ DEALER sockets, one per simula
 its own identity, registering with ``--sim-workers`` workers and ``--prefetch``.  A simulated worker
 "runs" a task by holding it for the duration given as the task's first argument (the benchmark submits
 ``sleep_task(d)``), then the manager returns ``None`` as the result, batched per manager per loop turn,
-as the real manager batches.  Nothing is executed: the swarm costs a few microseconds per task, so the
+as the real manager batches.  A chunk of ``map(..., chunksize=k)`` (``KIND_MAP``) is held for the sum of
+its calls' durations, as one real worker runs the calls one after the other, and returns ``[None] * k``.  Nothing is executed: the swarm costs a few microseconds per task, so the
 interchange, not the swarm, is what a scaling run measures (bench_scale prints both CPU costs).
 
 Messages are built and read with ``faasx.executor.protocol`` only.  Every run is bounded: the swarm
@@ -40,8 +41,8 @@ class SimManager:
 
     def __init__(self, sock, mid: bytes, workers: int):
         self.sock, self.mid, self.free = sock, mid, workers
-        self.backlog: deque = deque()   # (tid, duration) waiting for a free simulated worker
-        self.outbox: list = []          # tids finished since the last flush
+        self.backlog: deque = deque()   # (tid, duration, result) waiting for a free simulated worker
+        self.outbox: list = []          # (tid, result payload) finished since the last flush
         self.held = 0
         self.registered = False
         self.closed = False
@@ -52,8 +53,7 @@ class Swarm:
         self.args = args
         self.ctx = zmq.Context(io_threads=1)
         self.ctx.set(zmq.MAX_SOCKETS, args.managers + 64)  # libzmq's default (1,023) caps big swarms
-        self.ok_payload = serialize(None)
-        self.durations: dict = {}       # task payload bytes -> duration (the payloads repeat)
+        self.durations: dict = {}       # task payload bytes -> (duration, result payload): they repeat
         self.due: list = []             # heap of (time, seq, manager, tid): simulated workers finishing
         self.seq = 0
         self.dirty: set = set()         # managers with results to flush
@@ -123,11 +123,16 @@ class Swarm:
             m.closed = True
             self.open -= 1
 
-    def duration(self, payload) -> float:
-        """The task's duration: its first argument (payloads repeat, so each is decoded once)."""
+    def duration(self, payload: bytes, kind: int) -> tuple:
+        """(how long the task holds a worker, its result payload), decoded once per distinct payload:
+        a call's first argument; for a map chunk the sum over its calls, and one result per call."""
         args, _ = deserialize(payload)
-        d = self.durations[payload] = float(args[0]) if args else 0.0
-        return d
+        if kind == P.KIND_MAP:
+            entry = (sum(float(a[0]) for a in args if a), serialize([None] * len(args)))
+        else:
+            entry = (float(args[0]) if args else 0.0, serialize(None))
+        self.durations[payload] = entry
+        return entry
 
     def on_tasks(self, m: SimManager, records: list, payloads: list) -> None:
         self.c["tasks_in"] += len(records)
@@ -137,42 +142,41 @@ class Swarm:
         durations = self.durations
         for rec, frame in zip(records, payloads):
             payload = frame.bytes
-            d = durations.get(payload)
-            if d is None:
-                d = self.duration(payload)
+            entry = durations.get(payload)
+            if entry is None:
+                entry = self.duration(payload, rec[2])
+            d, result = entry
             if d <= 0:
-                m.outbox.append(rec[0])
+                m.outbox.append((rec[0], result))
             elif m.free > 0:
-                self.start(m, rec[0], d, now)
+                self.start(m, rec[0], d, result, now)
             else:
-                m.backlog.append((rec[0], d))
+                m.backlog.append((rec[0], d, result))
         if m.outbox:
             self.dirty.add(m)
 
-    def start(self, m: SimManager, tid: int, d: float, now: float) -> None:
+    def start(self, m: SimManager, tid: int, d: float, result: bytes, now: float) -> None:
         m.free -= 1
         self.seq += 1
-        heapq.heappush(self.due, (now + d, self.seq, m, tid))
+        heapq.heappush(self.due, (now + d, self.seq, m, tid, result))
 
     # ---- simulated workers finishing, results --------------------------------------------------------
     def finish_due(self) -> None:
         now = time.monotonic()
         due = self.due
         while due and due[0][0] <= now:
-            _, _, m, tid = heapq.heappop(due)
+            _, _, m, tid, result = heapq.heappop(due)
             m.free += 1
-            m.outbox.append(tid)
+            m.outbox.append((tid, result))
             self.dirty.add(m)
             if m.backlog:
-                tid2, d = m.backlog.popleft()
-                self.start(m, tid2, d, now)
+                self.start(m, *m.backlog.popleft(), now)
 
     def flush(self) -> None:
-        ok, payload = P.OK, self.ok_payload
+        ok = P.OK
         for m in self.dirty:
             if m.outbox and not m.closed:
-                n = len(m.outbox)
-                S.send(m.sock, P.pack(P.RESULTS, [[tid, ok] for tid in m.outbox], [payload] * n))
+                S.send(m.sock, P.pack(P.RESULTS, [[tid, ok] for tid, _ in m.outbox], [r for _, r in m.outbox]))
                 self.c["results_out"] += len(m.outbox)
                 self.c["result_msgs"] += 1
                 m.held -= len(m.outbox)

@@ -16,6 +16,15 @@ Model
   slot, so a burst of long tasks spreads over all blocks instead of piling into the first one.
 * Each manager visited by ``dispatch()`` receives at least one task, and a manager is only visited
   when it has room, so the cost is O(tasks dispatched) whatever the number of managers.
+* Runs, not crumbs: each message to a manager costs the interchange far more than a task in it
+  (encryption, a ZeroMQ send, the manager's RESULTS coming back), so when the queue is short
+  relative to the idle managers -- a few hundred tasks and 2,048 idle managers of 64 workers -- an
+  even share (one task each) would cost a message per task.  An idle manager is instead given
+  ``min_run`` tasks (16 by default), or as many as it has idle workers if fewer: the queue goes to
+  fewer managers, in runs, and the rotation moves the next run elsewhere.  Only idle workers are
+  filled this way (prefetch slots keep the even share), so no task waits while a worker idles, and
+  a lone task still leaves at once.
+  A manager of 2 workers (the local block) sees no difference: its room is below the run anyway.
 * Tasks may carry a routing key (``spec['container']`` or ``spec['gpus']``); keyed tasks wait in
   their own queue and go only to managers that accept the key, preferring those reported warm for it.
 * Priorities, as in Parsl's HTEX: a task with ``spec['priority']`` waits in a heap (lower runs
@@ -37,6 +46,9 @@ from math import ceil, inf
 from typing import Any, Deque, Dict, Iterable, List, Optional, Set, Tuple
 
 DEFAULT_KEY = None
+# tasks an idle manager is given at least, room permitting (module docstring, "Runs, not crumbs"):
+# at 16 the message costs ~1/16 of its tasks; larger runs save little more and spread less
+MIN_RUN = 16
 
 
 class TaskRecord:
@@ -171,8 +183,11 @@ class _Queue:
 class Scheduler:
     """Ready queues, manager records and task ownership for one interchange."""
 
-    def __init__(self, max_retries: int = 2):
+    def __init__(self, max_retries: int = 2, min_run: int = MIN_RUN):
+        if min_run < 1:
+            raise ValueError(f"min_run must be >= 1, not {min_run}")
         self.max_retries = max_retries
+        self.min_run = min_run                           # tasks per idle manager at least (see above)
         self.tasks: Dict[int, TaskRecord] = {}           # every task not yet finished
         self.managers: Dict[bytes, ManagerRecord] = {}
         self.queues: Dict[Optional[str], _Queue] = {DEFAULT_KEY: _Queue()}
@@ -488,12 +503,18 @@ class Scheduler:
         # Rotate: take managers from the front; one that still has room goes to the back, so the
         # next dispatch starts elsewhere.  Each visit assigns at least one task, and no manager is
         # visited twice per call, so the cost is O(tasks assigned) however many managers wait.
+        # An even share of the queue, but at least a run of ``min_run`` idle workers (the docstring's
+        # "Runs"); prefetch slots keep the even share: a task there waits behind busy workers, and
+        # spreading those waits is worth the messages
         visits = len(tier)
+        floor = self.min_run if idle_tier else 1
         while q.live and visits and tier:
             visits -= 1
             mid, m = tier.popitem(last=False)
             room = (m.workers if idle_tier else m.capacity) - len(m.tasks)
-            share = ceil(q.live / (len(tier) + 1))
+            # shared among the managers not yet visited in this call (``len(tier)`` would count
+            # again those sent to the back, and leave part of the queue for the next call)
+            share = max(ceil(q.live / (visits + 1)), floor)
             self._assign(m, q, min(room, share), out)
             self._update_tier(m)
 
