@@ -489,7 +489,9 @@ class EngineClient:
             for task in unsent:
                 self._memo_keys.pop(task.tid, None)
         sent, running = [], []
-        for tid, fut in list(self.futures.items()):
+        # a copy in one C step: the I/O thread pops resolved futures meanwhile, and list(items())
+        # allocates per entry (a GC pass there lets it run: 'dictionary changed size during iteration')
+        for tid, fut in self.futures.copy().items():
             if fut._cancel_here():
                 sent.append(tid)
             elif not fut.done():
