@@ -35,9 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from faasx.cli.runs import NoRun
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
+    except NoRun as e:            # every command that reads a run: where it looked, and exit 2
+        print(f"faasx {args.command}: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:       # `faasx logs 7 | head`

@@ -12,10 +12,9 @@ from __future__ import annotations
 import glob
 import os
 import re
-import sys
 from typing import Iterator, List, Tuple
 
-from faasx.cli.runs import NoRun, logdirs, resolve
+from faasx.cli.runs import selected
 from faasx.executor.task_output import MARKER_RE
 
 _SINGLE = re.compile(r"\btask (\d+)\b")
@@ -83,11 +82,7 @@ def captured_output(logdir: str, tid: int) -> Iterator[Tuple[str, List[str]]]:
 
 
 def run(args) -> int:
-    try:
-        dirs = logdirs(resolve(args.run_dir))
-    except NoRun as e:
-        print(f"faasx logs: {e}", file=sys.stderr)
-        return 2
+    dirs = selected(args.run_dir)
     found = False
     for logdir in dirs:
         lines = trace(logdir, args.task_id)

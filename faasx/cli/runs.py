@@ -11,7 +11,8 @@ _MARKS = (CONTROL_DIR, FINAL_STATUS, "interchange.log", "client.log")
 
 
 class NoRun(Exception):
-    """No run where the user pointed (the message says where we looked)."""
+    """No run where the user pointed (the message says where we looked).  ``faasx.cli.main`` prints it as
+    ``faasx COMMAND: message`` and exits 2."""
 
 
 def is_logdir(path: str) -> bool:
@@ -40,6 +41,11 @@ def runs(root: str = DEFAULT_ROOT) -> List[str]:
     except FileNotFoundError:
         return []
     return [e.path for e in sorted(entries, key=lambda e: e.stat().st_mtime)]
+
+
+def selected(run_dir: Optional[str]) -> List[str]:
+    """The executor log directories a command works on: those of ``run_dir``, or of the newest run."""
+    return logdirs(resolve(run_dir))
 
 
 def resolve(run_dir: Optional[str], root: str = DEFAULT_ROOT) -> str:

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any, Dict, List
 
-from faasx.cli.runs import NoRun, logdirs, resolve
+from faasx.cli.runs import selected
 from faasx.executor.control import FINAL_STATUS, query, socket_path
 
 CLEAR = "\x1b[H\x1b[2J"
@@ -92,11 +92,7 @@ def _table(title: str, header: List[str], rows: List[list]) -> List[str]:
 
 
 def run(args) -> int:
-    try:
-        dirs = logdirs(resolve(args.run_dir))
-    except NoRun as e:
-        print(f"faasx status: {e}", file=sys.stderr)
-        return 2
+    dirs = selected(args.run_dir)
     shown = 0
     while True:
         snaps = [gather(d) for d in dirs]
