@@ -12,6 +12,7 @@
 ``wait_for``        ``wait_for(fn, timeout=30, interval=0.2, what=...)``: poll until ``fn()`` is truthy and
                     return it, or fail saying what was awaited.
 ``squeue_ids``      ``squeue_ids()`` -> set of job ids Slurm still has pending/running/completing.
+``cancel_a_running_job``  ``cancel(provider)``: a running job cancelled, checked CANCELLED and gone; its id.
 
 Mark tests that need the cluster with ``@pytest.mark.slurm``.
 """
@@ -23,6 +24,7 @@ import os
 import subprocess
 
 import pytest
+from parsl.jobs.states import JobState
 
 from tests import support
 
@@ -101,21 +103,27 @@ def _cleanup(providers):
         subprocess.run(["scancel", *ids], capture_output=True, timeout=10)
 
 
-@pytest.fixture
-def slurm_provider(slurm_cluster, tmp_path):
-    from faasx.providers import SlurmProvider
+def _provider_factory(cls, tmp_path, **defaults):
+    """``make(**kwargs)`` -> a ``cls`` provider with ``defaults`` (a 5-minute walltime and more), its job scripts
+    in ``tmp_path``, status retries quick; and ``made``, the providers, whose jobs teardown cancels."""
     made = []
 
     def make(**kwargs):
-        kwargs.setdefault("partition", slurm_cluster.partition)
-        kwargs.setdefault("exclusive", False)  # two 1-CPU blocks share the test node
-        kwargs.setdefault("walltime", "00:05:00")
-        provider = SlurmProvider(**kwargs)
+        for key, value in dict(defaults, walltime="00:05:00").items():
+            kwargs.setdefault(key, value)
+        provider = cls(**kwargs)
         provider.script_dir = str(tmp_path / "submit_scripts")
         provider.status_backoff = 0.1
         made.append(provider)
         return provider
+    return make, made
 
+
+@pytest.fixture
+def slurm_provider(slurm_cluster, tmp_path):
+    from faasx.providers import SlurmProvider
+    # exclusive=False: two 1-CPU blocks share the test node
+    make, made = _provider_factory(SlurmProvider, tmp_path, partition=slurm_cluster.partition, exclusive=False)
     yield make
     _cleanup(made)
 
@@ -123,16 +131,22 @@ def slurm_provider(slurm_cluster, tmp_path):
 @pytest.fixture
 def pbs_provider(slurm_cluster, tmp_path):
     from faasx.providers import PBSProProvider
-    made = []
-
-    def make(**kwargs):
-        kwargs.setdefault("walltime", "00:05:00")
-        kwargs.setdefault("cmd_timeout", 20)
-        provider = PBSProProvider(**kwargs)
-        provider.script_dir = str(tmp_path / "submit_scripts")
-        provider.status_backoff = 0.1
-        made.append(provider)
-        return provider
-
+    make, made = _provider_factory(PBSProProvider, tmp_path, cmd_timeout=20)
     yield make
     _cleanup(made)
+
+
+@pytest.fixture
+def cancel_a_running_job(tmp_path, wait_for, squeue_ids):
+    """``cancel(provider) -> job id``: submit a sleeping job with ``provider``, wait until it runs, cancel it,
+    and check that the provider says CANCELLED and that the job leaves the queue."""
+    def cancel(provider):
+        started = tmp_path / "started"
+        job_id = provider.submit(f"touch {started}; sleep 300", 1)
+        wait_for(lambda: provider.status([job_id])[0].state == JobState.RUNNING and started.exists(), timeout=30,
+                 what="the job to run")
+        assert provider.cancel([job_id]) == [True]
+        assert provider.status([job_id])[0].state == JobState.CANCELLED
+        wait_for(lambda: job_id not in squeue_ids(), timeout=30, what="the job to leave the queue")
+        return job_id
+    return cancel

@@ -231,15 +231,8 @@ def test_torque_style_submit_status_and_contract(pbs_provider, tmp_path, wait_fo
 
 
 @pytest.mark.slurm
-def test_torque_style_cancel(pbs_provider, tmp_path, wait_for, squeue_ids):
-    p = pbs_provider()
-    started = tmp_path / "started"
-    job_id = p.submit(f"touch {started}; sleep 300", 1)
-    wait_for(lambda: p.status([job_id])[0].state == JobState.RUNNING and started.exists(), timeout=30,
-             what="the PBS job to run")
-    assert p.cancel([job_id]) == [True]
-    assert p.status([job_id])[0].state == JobState.CANCELLED
-    wait_for(lambda: job_id not in squeue_ids(), timeout=30, what="the job to leave the queue")
+def test_torque_style_cancel(pbs_provider, cancel_a_running_job):
+    job_id = cancel_a_running_job(pbs_provider())
     # qstat of a fresh provider still lists it, as C
     assert PBSProProvider(dialect=TORQUE).status([job_id])[0].terminal
 

@@ -178,15 +178,8 @@ def test_two_blocks_run_at_the_same_time(slurm_provider, tmp_path, wait_for, slu
 
 
 @pytest.mark.slurm
-def test_cancel_a_running_block(slurm_provider, tmp_path, wait_for, squeue_ids):
-    p = slurm_provider()
-    started = tmp_path / "started"
-    job_id = p.submit(f"touch {started}; sleep 300", 1)
-    wait_for(lambda: p.status([job_id])[0].state == JobState.RUNNING and started.exists(), timeout=30,
-             what="the sleep job to run")
-    assert p.cancel([job_id]) == [True]
-    assert p.status([job_id])[0].state == JobState.CANCELLED
-    wait_for(lambda: job_id not in squeue_ids(), timeout=30, what="the job to leave squeue")
+def test_cancel_a_running_block(slurm_provider, cancel_a_running_job):
+    job_id = cancel_a_running_job(slurm_provider())
     # Slurm itself says CANCELLED (a fresh provider, which never cancelled anything, asks it)
     fresh = SlurmProvider()
     assert fresh.status([job_id])[0].state == JobState.CANCELLED
