@@ -377,6 +377,7 @@ class Interchange:
                 self._worker_lost(mid, res, now)
             elif sched.complete(mid, res.tid, now) is None:
                 self.stats["duplicates_dropped"] += 1
+                payloads.release(res.payload)     # a shared-memory result nobody will read
                 logger.warning("task %d: dropped a result from manager %r, which does not own the task "
                                "(duplicate or stale)", res.tid, mid)
             else:

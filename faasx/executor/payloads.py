@@ -41,11 +41,12 @@ Who removes what:
   on another worker can still read it.  The worker never unlinks an argument file.
 * a result file has one reader, the client, which unlinks it as soon as it has mapped it (the
   mapping keeps the pages until the user drops the array).  A result the client will never read
-  (its task unknown to the client, e.g. a duplicate) is unlinked by the client when it drops it.
+  (a duplicate: from a manager declared lost, or for a task the client forgot) is unlinked by
+  whichever of the interchange and the client drops it.
 * the run directory (``RunDir``) is removed with everything left in it when the executor shuts down,
   and by the interchange when it exits (it outlives a client killed with SIGKILL by < 1 s).
   What could be left inside before that: the result of a worker killed between writing its file and
-  sending the reference, and results dropped by the interchange (from a manager declared lost).
+  sending the reference, or of a manager lost with results it had not forwarded.
 
 Security (a login node is shared): the run directory is created by ``mkdir`` with a random name and
 mode 0700 under /dev/shm (a sticky world-writable directory: a name taken by someone else fails

@@ -120,6 +120,23 @@ def test_cancelled_tasks_leave_no_file(shm_ex, tmp_path):
     assert all(h.result(timeout=30) for h in holders)
 
 
+def kill_first_time(flag, x):
+    """Runs on the worker: the first attempt kills its own worker (WorkerLost, retried); then x + 1."""
+    import os
+    import signal
+    if not os.path.exists(flag):
+        open(flag, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x + 1
+
+
+def test_a_retried_task_reads_its_arguments_again_and_leaves_no_file(shm_ex, tmp_path):
+    x = np.arange(BIG, dtype=np.uint8)
+    y = shm_ex.submit(kill_first_time, str(tmp_path / "killed"), x).result(timeout=60)
+    assert np.array_equal(y, x + 1) and os.path.exists(tmp_path / "killed")
+    empty(shm_ex)
+
+
 def test_oversize_arguments_fail_at_submit_and_oversize_results_at_the_worker(tmp_path):
     run_dir = str(tmp_path)
     with faasx.Executor(max_workers_per_node=1, run_dir=run_dir, max_payload_size=4 * 1024 * 1024,
