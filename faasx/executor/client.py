@@ -782,7 +782,9 @@ class EngineClient:
         """Store a memoized task's result (only successes are remembered)."""
         key = self._memo_keys.pop(res.tid, None)
         if key is not None and res.status == P.OK and self.memo_store is not None:
-            self.memo_store.put(key, res.payload)
+            value = payloads.to_keep(res.payload)     # a shared-memory result's file goes once read
+            if value is not None:
+                self.memo_store.put(key, value)
 
     def _forget_cancelled(self, tids: Any) -> None:
         if isinstance(tids, list):

@@ -270,6 +270,8 @@ class Manager:
         wid = self.pool.new_wid()
         env = dict(os.environ)
         env.update(self.worker_env(wid))
+        if self.args.shm_dir:
+            env[payloads.SHM_DIR_ENV] = self.args.shm_dir
         log_base = os.path.join(self.args.logdir, f"worker_{self.mid.decode()}_{wid}")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         argv = command("faasx-worker", "faasx.executor.worker") + [
@@ -825,6 +827,8 @@ def main(argv=None) -> int:
     parser.add_argument("--drain-margin", type=float, default=60.0)
     parser.add_argument("--address-probe-timeout", type=float, default=30.0)
     parser.add_argument("--max-payload-size", type=int, default=1 << 30)
+    parser.add_argument("--shm-dir", default=None, help="the client's shared-memory directory (a local block): "
+                        "plain workers may write big results into it (faasx.executor.payloads)")
     parser.add_argument("--cert-dir", default=None,
                         help="the run's credentials directory (run token, CurveZMQ keys), readable only by its user")
     parser.add_argument("--max-container-types", type=int,

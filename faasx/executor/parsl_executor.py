@@ -364,6 +364,8 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
         ]
         if self.max_workers_per_node is not None and self.max_workers_per_node != math.inf:
             opts += ["--max-workers-per-node", str(self.max_workers_per_node)]
+        if self._shm is not None:     # where workers may write big results (faasx.executor.payloads)
+            opts += ["--shm-dir", self._shm.path]
         if self.mem_per_worker:
             opts += ["--mem-per-worker", repr(float(self.mem_per_worker))]
         if self.available_accelerators:

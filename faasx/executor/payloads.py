@@ -29,8 +29,11 @@ reference is decided by the interchange, which runs on the client's host: a mana
 ``host_id()`` (boot id + hostname) in REGISTER, and for a manager whose identity differs (or which
 sent none) the interchange replaces each reference by the same bytes inline (codec "B":
 pickle + buffers back to back, ``inline``) before dispatching; the payload is never unpickled there.
-A worker sends a result by reference only when that task's arguments came by reference (it has then
-opened a file of the run's directory, which proves it shares the host); otherwise results are inline.
+A worker sends a result by reference when that task's arguments came by reference (it has then
+opened a file of the run's directory, which proves it shares the host), or when its manager was
+started with the directory (``--shm-dir``: a local block's launch command; the manager hands it to
+its plain workers as ``FAASX_SHM_DIR``) and it can create a file there (a container cannot: it has a
+/dev/shm of its own, and the random name exists nowhere else); otherwise results are inline.
 The client writes references only for a local block (the rule that offers managers the ipc socket),
 and never for a task of a per-function container (a container has a /dev/shm of its own).
 
@@ -78,7 +81,7 @@ SHARED_MIN_BYTES = 256 << 10  # a buffer this big or bigger goes out of band
 ALIGN = 64                   # buffer offsets in a file or inline payload: aligned for numpy / SIMD
 SHM_ROOT = "/dev/shm"
 DIR_PREFIX = "faasx-"
-HOST_ID_ENV = "FAASX_HOST_ID"   # overrides host_id(); tests use it as a stand-in for another host
+SHM_DIR_ENV = "FAASX_SHM_DIR"   # a local block's plain workers: the client's directory, for results
 
 _HEADER_LEN = struct.Struct("!I")
 _FILE_NAME = re.compile(r"^[0-9a-f]{32}$")
@@ -94,11 +97,7 @@ class SharedPayloadError(OSError):
 def host_id() -> str:
     """What identifies the shared memory this process sees: the kernel's boot id (new at every boot),
     the hostname, and the device of /dev/shm -- a container with the host's hostname (podman
-    ``--network=host``) still has a /dev/shm of its own, another mount.  ``FAASX_HOST_ID`` overrides it
-    (a test's stand-in for a manager on another host)."""
-    override = os.environ.get(HOST_ID_ENV)
-    if override:
-        return override
+    ``--network=host``) still has a /dev/shm of its own, another mount."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             boot = f.read().strip()
@@ -398,6 +397,17 @@ def inline(payload: Any) -> bytes:
     return inline_from(bytes(data), buffers)
 
 
+def to_keep(payload: Any) -> Optional[bytes]:
+    """A payload to keep beyond its task (the memo store): an S payload's content inline, since its
+    file is removed once read; None if that file is gone already."""
+    if payload[:1] != CODEC_SHARED:
+        return payload
+    try:
+        return inline(payload)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def release(payload: Any) -> None:
     """Unlink the file of an S payload (the owner's job: the client, once the task's future is done)."""
     if payload[:1] == CODEC_SHARED:
@@ -410,13 +420,16 @@ def release(payload: Any) -> None:
             _unlink(path)
 
 
-def reply_writer(args_payload: Any, max_size: int) -> Optional[Writer]:
+def reply_writer(args_payload: Any, max_size: int, shm_dir: Optional[str] = None) -> Optional[Writer]:
     """The writer for a task's result: into the directory its arguments came from if they came by
-    reference (proof that this worker shares the client's host), else None (the result goes inline)."""
-    if args_payload[:1] != CODEC_SHARED:
-        return None
-    header, _, _ = _unpack(args_payload)
-    return Writer(os.path.dirname(header["p"]), consume=True, max_size=max_size)
+    reference, else into ``shm_dir`` (the manager's ``--shm-dir``, a local block), else None (inline).
+    A worker that cannot create a file there (a container's own /dev/shm) sends the result inline."""
+    if args_payload[:1] == CODEC_SHARED:
+        header, _, _ = _unpack(args_payload)
+        return Writer(os.path.dirname(header["p"]), consume=True, max_size=max_size)
+    if shm_dir and _DIR_NAME.match(os.path.basename(shm_dir)):
+        return Writer(shm_dir, consume=True, max_size=max_size)
+    return None
 
 
 def _unlink(path: str) -> None:

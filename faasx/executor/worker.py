@@ -81,6 +81,8 @@ class Worker:
                  sock: Optional[socket.socket] = None):
         self.worker_id = worker_id
         self.max_payload_size = max_payload_size
+        # the client's shared-memory directory, given to a local block's plain workers (payloads)
+        self.shm_dir = os.environ.get(payloads.SHM_DIR_ENV)
         self.debug = debug
         self.host = socket.gethostname()
         self.codes: Dict[bytes, bytes] = {}
@@ -200,10 +202,11 @@ class Worker:
 
 
     def _result_payload(self, value: Any, task: P.Task) -> bytes:
-        """The serialized result: through the client's shared memory when the arguments came that way
-        (``faasx.executor.payloads``: the reader unlinks the file), inline otherwise."""
-        data = serialize(value, "the function's return value",
-                         shared=payloads.reply_writer(task.payload, self.max_payload_size))
+        """The serialized result: through the client's shared memory when the arguments came that way or
+        the manager named its directory (``faasx.executor.payloads``: the reader unlinks the file),
+        inline otherwise (and where that directory cannot be opened: a container)."""
+        writer = payloads.reply_writer(task.payload, self.max_payload_size, self.shm_dir)
+        data = serialize(value, "the function's return value", shared=writer)
         size = payloads.payload_size(data)
         if size > self.max_payload_size:
             payloads.release(data)

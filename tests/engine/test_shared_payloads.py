@@ -4,11 +4,11 @@ manager and workers (``faasx.executor.payloads``).
 What is checked: values come back equal, a worker gets a view of the client's mapping (not a copy)
 where that is claimed, no file is left in the run's shm directory after results, failures, cancels
 and shutdown, ``max_payload_size`` still counts the whole payload, and a manager that registers
-from another host gets everything inline.  That other host is a stand-in: the block's manager is
-given another host identity through ``FAASX_HOST_ID`` (``payloads.host_id``), which it sends in
-REGISTER as a manager on another node would send its own; its workers could in fact still open the
-files, so the test checks what they were *sent* (the worker reports the kind of buffer its array
-lives in)."""
+from another host gets everything inline.  That other host is a stand-in: the block's script
+re-runs itself in a mount namespace of its own with a fresh tmpfs on /dev/shm (root only), so its
+manager and workers see another /dev/shm, as on another node or in a container: the identity the
+manager sends (``payloads.host_id``, which includes /dev/shm's device) differs, and the client's
+directory does not exist there.  Hostname and boot id stay this machine's."""
 import os
 
 import numpy as np
@@ -150,13 +150,24 @@ def test_oversize_arguments_fail_at_submit_and_oversize_results_at_the_worker(tm
         empty(ex)
 
 
-def test_memoized_big_arguments_hit(tmp_path):
+def test_a_big_result_of_small_arguments_comes_through_shared_memory(shm_ex):
+    y = shm_ex.submit(np.ones, 3 * 1024 * 1024, np.uint8).result(timeout=60)
+    assert y.sum() == 3 * 1024 * 1024 and where(y) == "mmap"
+    empty(shm_ex)
+
+
+def test_memoized_big_arguments_and_results_hit(tmp_path):
     with faasx.Executor(max_workers_per_node=1, run_dir=str(tmp_path), **FAST_HEARTBEATS) as ex:
         fid = ex.register_function(inc, memoize=True)
         x = np.arange(2 * 1024 * 1024, dtype=np.uint8)
         first = ex.submit(fid, x).result(timeout=60)
         second = ex.submit(fid, x).result(timeout=60)
-        assert np.array_equal(first, second) and ex.memo_stats()["hits"] == 1
+        assert np.array_equal(first, x + 1) and np.array_equal(first, second) and ex.memo_stats()["hits"] == 1
+        make = ex.register_function(np.ones, memoize=True)        # a big result of small arguments
+        assert ex.submit(make, BIG, np.uint8).result(timeout=60).sum() == BIG
+        assert ex.submit(make, BIG, np.uint8).result(timeout=60).sum() == BIG
+        assert ex.memo_stats()["hits"] == 2
+        empty(ex)
 
 
 def test_shutdown_removes_the_directory_with_results_never_read(tmp_path):
@@ -179,8 +190,15 @@ def test_shared_memory_false_sends_everything_inline(tmp_path):
         assert where(ex.submit(inc, x).result(timeout=60)) != "mmap"
 
 
+OWN_SHM = """\
+if [ -z "$FAASX_TEST_OWN_SHM" ]; then export FAASX_TEST_OWN_SHM=1; exec unshare --mount --propagation private /bin/bash "$0"; fi
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a mount namespace with its own /dev/shm needs root (CI runs as root)")
 def test_a_manager_from_another_host_gets_inline_payloads(tmp_path):
-    provider = LocalProvider(worker_init=f"export {PL.HOST_ID_ENV}=another-host")
+    provider = LocalProvider(worker_init=OWN_SHM)
     with faasx.Executor(provider, max_workers_per_node=1, run_dir=str(tmp_path), **FAST_HEARTBEATS) as ex:
         x = np.arange(3 * 1024 * 1024, dtype=np.uint8)
         assert ex.submit(where, x).result(timeout=60) == "bytearray"     # the inline form, not the file
