@@ -31,13 +31,17 @@
 Transports: client <-> interchange and manager <-> worker are inherited Unix socketpairs (one host
 each; ``channel``); interchange <-> managers is ZeroMQ over TCP, or ipc for a manager on the same host,
 CurveZMQ on every address (``security``): the only hop that crosses the network.  The engine's threads
-of one host share a CPU (``affinity``).
+of one host share a CPU (``affinity``).  On a local block, arguments and results with big buffers
+(numpy arrays, bytes-like values of 256 KiB or more) skip the hops' copies: they are written once into
+a private file in /dev/shm and the frames carry a reference that the reader maps (``payloads``).
 
 Moving parts, one module each:
 
 ``protocol``       the wire spec and the only code that builds or reads a message: hops, framing,
                    message types and bodies, dialogs, versions; ``Task``/``Result`` records.
 ``serialization``  dill for functions (content-addressed), pickle-then-dill for data, exceptions.
+``payloads``       big buffers out of band through the run's private /dev/shm directory (one host), or
+                   inline after the pickle; who writes, who unlinks, the same-host rule.
 ``client``         ``EngineClient``: futures table, outbox, the I/O thread, interchange liveness.
 ``spawn``          ``InterchangeProcess``: the client starts its interchange and shakes hands with it.
 ``affinity``       ``engine_cpu``: one CPU per host for the engine's own threads.

@@ -16,8 +16,9 @@ object store; this module is the same idea with no store process::
 The reference is a few hundred bytes, so the hops carry no bulk data at all; ``max_payload_size``
 still counts the whole payload (``payload_size``), wherever it lives.
 
-Where a buffer goes out of band: numpy (and anything else that pickles through ``PickleBuffer``) in
-any position; ``bytes``/``bytearray`` of at least SHARED_MIN_BYTES and C-contiguous ``memoryview``s
+Where a buffer goes out of band: all of a payload's buffers, if they add up to SHARED_MIN_BYTES or
+more (else the payload is pickled in-band as before): numpy (and anything else that pickles through
+``PickleBuffer``) in any position; ``bytes``/``bytearray`` of at least SHARED_MIN_BYTES and C-contiguous ``memoryview``s
 when they are top-level values (an argument, a keyword argument, the result, an item of a returned
 tuple/list), wrapped as ``PickleBuffer`` (``_OutOfBand``): pickle puts those in-band otherwise and
 cannot pickle a memoryview at all.  Deeper ones stay in-band (finding them would take a Python-level
@@ -77,7 +78,7 @@ import msgpack
 
 CODEC_SHARED = b"S"     # a reference to a file in the run's shm directory
 CODEC_BUFFERS = b"B"    # the same content inline: header, pickle, buffers back to back
-SHARED_MIN_BYTES = 256 << 10  # a buffer this big or bigger goes out of band
+SHARED_MIN_BYTES = 256 << 10  # buffers adding up to this go out of band
 ALIGN = 64                   # buffer offsets in a file or inline payload: aligned for numpy / SIMD
 SHM_ROOT = "/dev/shm"
 DIR_PREFIX = "faasx-"
@@ -212,27 +213,24 @@ def _has_bytes_like(obj: Any) -> bool:
 
 
 def dumps_out_of_band(obj: Any) -> Tuple[bytes, List[pickle.PickleBuffer]]:
-    """Pickle protocol 5 with buffers >= SHARED_MIN_BYTES out of band: (pickle bytes, buffers).
+    """Pickle protocol 5 with its buffers out of band, if they add up to SHARED_MIN_BYTES or more:
+    (pickle bytes, buffers); otherwise everything in-band and no buffers.
 
     The C pickler first, as it is (no per-call Python walk: this is every task's path); only if that
     fails (a memoryview) or leaves a lot in-band is it redone with the top-level bytes-like values
     wrapped, when there are any."""
     buffers: List[pickle.PickleBuffer] = []
-
-    def keep(buf: pickle.PickleBuffer) -> bool:
-        if buf.raw().nbytes >= SHARED_MIN_BYTES:
-            buffers.append(buf)
-            return False                  # out of band
-        return True                       # in band
-
     try:
-        data = pickle.dumps(obj, 5, buffer_callback=keep)
-        if len(data) < SHARED_MIN_BYTES or not _has_bytes_like(obj):
-            return data, buffers
+        data = pickle.dumps(obj, 5, buffer_callback=buffers.append)
+        redo = len(data) >= SHARED_MIN_BYTES and _has_bytes_like(obj)
     except TypeError:
-        pass
-    buffers.clear()
-    return pickle.dumps(_wrap_bytes_like(obj), 5, buffer_callback=keep), buffers
+        redo = True
+    if redo:
+        buffers.clear()
+        data = pickle.dumps(_wrap_bytes_like(obj), 5, buffer_callback=buffers.append)
+    if buffers and sum(b.raw().nbytes for b in buffers) < SHARED_MIN_BYTES:
+        return pickle.dumps(_wrap_bytes_like(obj) if redo else obj, 5), []    # small arrays: in-band
+    return data, buffers
 
 
 def dumps_in_band(obj: Any) -> bytes:
