@@ -153,14 +153,15 @@ def executor_state(ex) -> str:
             f"{len(ex.executor.blocks_to_job_id)}; job states {states!r}")
 
 
-def refill(ex, release: str) -> None:
+def refill(ex, release: str) -> int:
     """Wait until BLOCKS managers serve again, giving the strategy work to scale out for.
 
     Parsl's strategies replace a lost block only for outstanding tasks (case 2: more tasks than slots);
     with none (case 1a) they leave fewer than ``min_blocks`` running.  Blocks killed in the soak's last
     seconds, when few tasks were left, are therefore not replaced by themselves (the soak then timed out
     waiting for them under load).  Tasks that wait for ``release`` keep more tasks than slots outstanding
-    until the strategy has brought the executor back to BLOCKS managers."""
+    until the strategy has brought the executor back to BLOCKS managers.  Returns how many managers were
+    connected when the soak's tasks ran out."""
     def hold(path):
         import os
         import time
@@ -169,12 +170,14 @@ def refill(ex, release: str) -> None:
             time.sleep(0.05)
         return "released"
 
+    connected = len(ex.executor.connected_managers())
     held = [ex.submit(hold, release) for _ in range(2 * BLOCKS * WORKERS)]
     try:
         wait_until(lambda: len(ex.executor.connected_managers()) == BLOCKS, 120, what=lambda: executor_state(ex))
     finally:
         open(release, "w").close()
     assert [f.result(timeout=60) for f in held] == ["released"] * len(held)
+    return connected
 
 
 @pytest.mark.slow
@@ -205,7 +208,7 @@ def test_chaos_soak_every_future_resolves_once_and_correctly(make_executor, repo
     check_there_was_chaos(ex, driver, stats)
     # the executor is whole again: BLOCKS managers serve, and every other manager that ever registered
     # was declared lost (a manager killed before it registered was never known to the interchange)
-    refill(ex, str(tmp_path / "release"))
+    connected_at_end = refill(ex, str(tmp_path / "release"))
     stats = ex.executor.interchange_stats()
     assert stats["managers_lost"] == stats["managers_registered"] - BLOCKS, stats
     assert stats["managers_lost"] >= 1
@@ -214,4 +217,5 @@ def test_chaos_soak_every_future_resolves_once_and_correctly(make_executor, repo
            managers_killed=len(driver.manager_kills), blocks_started=len(ex.executor.blocks_to_job_id),
            retried=stats["retried"], managers_lost=stats["managers_lost"], lost=len(failed),
            duplicates_reaching_futures=ex.executor._client.stats["duplicates"],
-           stale_results_dropped_by_interchange=stats["duplicates_dropped"], **watch.summary())
+           stale_results_dropped_by_interchange=stats["duplicates_dropped"],
+           managers_connected_when_the_tasks_ran_out=connected_at_end, **watch.summary())
