@@ -208,7 +208,9 @@ Manager and worker (``Manager``, ``faasx.executor.worker``):
 * The worker MUST send READY first; the manager assigns tasks only to ready workers.  A container
   worker whose versions differ is refused (its tasks fail with a clear error).
 * The manager sends FUNCS and TASKS; the worker answers RESULTS (batched: a flush at most every
-  ``FLUSH_INTERVAL`` of a long batch, checked as each task ends).  SHUTDOWN: exit now.
+  ``FLUSH_INTERVAL`` of a long batch, checked as each task ends, and the results finished before a
+  task that has run ``EARLY_SEND`` while it runs; ``faasx.executor.worker.ResultFlusher``).  A batch's
+  results may so come in several messages.  SHUTDOWN: exit now.
 
 6. Versioning
 -------------

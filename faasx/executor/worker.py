@@ -2,9 +2,10 @@
 
 A worker talks to its manager over an inherited Unix socket (``faasx.executor.channel``), says
 READY, and then loops: receive a
-batch of tasks, run each, send the results back.  Results of a batch go back together unless a
-task takes long, in which case finished results are flushed every few milliseconds so the manager
-and the client see them early.  Function code arrives once (FUNCS) and stays deserialized here.
+batch of tasks, run each, send the results back.  Results of a batch go back together, except that
+those finished before a task that runs long go at once, so the manager and the client see them early
+(``ResultFlusher``: a helper thread sends them while the task runs).  Function code arrives once
+(FUNCS) and stays deserialized here.
 
 In a container (``docs/containers.md``) the manager is not in the worker's PID namespace
 (``--manager-pid 0``): the worker then relies on its socket, which reaches end of file the moment the
@@ -25,6 +26,7 @@ import resource
 import select
 import socket
 import sys
+import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -43,37 +45,109 @@ from faasx.executor.serialization import (deserialize, deserialize_function, ser
 logger = logging.getLogger("faasx.worker")
 
 FLUSH_INTERVAL = 0.005   # seconds between result flushes inside a long batch
+EARLY_SEND = 0.005       # a task running this long sends the results finished before it (ResultFlusher)
 
 
 class ResultFlusher:
-    """The results of a batch: sent together at its end, and those ready so far whenever a task of
-    the batch finishes ``FLUSH_INTERVAL`` after the last send (so a long batch reports as it goes).
+    """The results of a batch, and when they go to the manager.
 
-    A result that finished before a slow task of the same batch still waits for that task to end
-    (``map(timeout=)`` and ``wait(FIRST_EXCEPTION)`` see it late): a flusher thread that sent it
-    meanwhile changed the manager's measured task durations and its adaptive prefetch
-    (tests/reliability/test_backpressure.py), so it is not used until that is solved.
+    Owned by the worker's main thread (which runs the tasks), except for one helper thread described
+    below; ``_lock`` guards ``_results``, ``_running_since`` and every send on the channel.
+
+    * Between tasks (main thread): the results are sent together at the end of the batch, and those
+      ready so far whenever a task of the batch finishes ``FLUSH_INTERVAL`` after the last send, so a
+      long batch of short tasks reports as it goes.  A batch of no-ops is one message, as before.
+    * While a task runs (helper thread ``faasx-early-results``): once the task now running has run
+      ``EARLY_SEND`` and results finished before it are still waiting, they are sent at once, so a
+      result never waits for a slow task later in its batch (``map(timeout=)``,
+      ``wait(FIRST_EXCEPTION)`` and ``as_completed`` see it as ProcessPoolExecutor would).  The
+      thread looks every ``EARLY_SEND`` while batches of more than one task run, and sleeps on
+      ``_wake`` otherwise; tasks shorter than ``EARLY_SEND`` never cause an extra message.
+
+    An early send does not confuse the manager: it measures a batch's duration when its last result
+    arrives (``WorkerTable.done`` counts results, not messages).
+
+    Limit: the helper thread needs the GIL.  Python code running in the task gives it up every
+    ``sys.getswitchinterval()`` (5 ms by default), and so does any blocking call (sleep, I/O, most of
+    numpy); a C extension call that holds the GIL for its whole duration keeps the finished results
+    waiting until it returns (as they did before this thread existed).
     """
 
     def __init__(self, send: Callable[[List[bytes]], None]):
         self._send = send
+        self._lock = threading.Lock()
         self._results: List[P.Result] = []
-        self._last = time.perf_counter()
+        self._last = time.perf_counter()          # main thread: the batch's start or its last message
+        self._running_since: Optional[float] = None   # when the task now running started, if results wait
+        self._in_batch = False                    # main thread writes: a batch of several tasks is running
+        self._wake = threading.Event()            # wakes the helper thread when it sleeps between batches
+        self._thread: Optional[threading.Thread] = None
+
+    def start_batch(self, n: int) -> None:
+        """Main thread, before a batch of ``n`` tasks: wake the helper thread if there can be results to
+        send early (there cannot with one task)."""
+        if n > 1:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="faasx-early-results", daemon=True)
+                self._thread.start()
+            self._in_batch = True
+            if not self._wake.is_set():    # most batches find it set: no system call then
+                self._wake.set()
+        self._last = time.perf_counter()   # FLUSH_INTERVAL counts from the batch's start, not an idle gap
+
+    def start_task(self) -> None:
+        """Main thread, before each task of a batch: from now on, results waiting for it may go early."""
+        if self._results:
+            self._running_since = time.perf_counter()
 
     def add(self, tid: int, status: int, data: bytes, more: bool) -> None:
-        self._results.append(P.Result(tid, status, data))
+        """Main thread: a task of the batch finished; ``more`` says whether others follow it."""
+        with self._lock:
+            self._running_since = None
+            self._results.append(P.Result(tid, status, data))
         if more:
             now = time.perf_counter()
             if now - self._last > FLUSH_INTERVAL:
                 self.flush()
-                self._last = now
 
     def flush(self) -> None:
+        """Main thread: send what is waiting (at the end of a batch, and between its tasks)."""
+        with self._lock:
+            self._running_since = None
+            self._send_locked()
+        self._last = time.perf_counter()
+
+    def end_batch(self) -> None:
+        """Main thread, after the last task of a batch: send the rest; the helper thread goes back to sleep."""
+        self._in_batch = False
+        self.flush()
+
+    def _send_locked(self) -> None:
         if self._results:
             results, self._results = self._results, []
             for chunk in P.chunks_by_bytes(results):
                 self._send(P.pack_results(chunk))
-        self._last = time.perf_counter()
+
+    def _watch(self) -> None:
+        """The helper thread: while a batch runs, send the waiting results of a task running ``EARLY_SEND``."""
+        while True:
+            self._wake.wait()
+            time.sleep(EARLY_SEND)
+            try:
+                self._send_early()
+            except OSError:      # the manager is gone: the main thread's own loop sees it and exits
+                return
+            if not self._in_batch:
+                self._wake.clear()
+                if self._in_batch:     # a batch began between the test and the clear: keep watching
+                    self._wake.set()
+
+    def _send_early(self) -> None:
+        with self._lock:
+            since = self._running_since
+            if since is not None and time.perf_counter() - since >= EARLY_SEND:
+                self._running_since = None
+                self._send_locked()
 
 
 class Worker:
@@ -148,8 +222,10 @@ class Worker:
         flusher = self.flusher
         n = len(tasks)
         output = self.output
+        flusher.start_batch(n)
         for i, task in enumerate(tasks):
             tid, spec = task.tid, task.spec
+            flusher.start_task()
             output.tid = tid               # names the task in its captured output (task_output)
             if self.debug:
                 logger.debug("task %d: start", tid)
@@ -164,7 +240,7 @@ class Worker:
                 logger.debug("task %d: done (status %d, %d bytes)", tid, status, len(data))
             flusher.add(tid, status, data, more=i + 1 < n)
         output.tid = None
-        flusher.flush()
+        flusher.end_batch()
 
     def execute(self, task: P.Task) -> Tuple[int, bytes]:
         """Run one task: (status, payload) of its value, or of whatever it raised."""

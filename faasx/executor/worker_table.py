@@ -55,7 +55,7 @@ def task_container(task: Task) -> Optional[str]:
 
 
 class WorkerSlot:
-    __slots__ = ("wid", "ready", "tasks", "fids", "sent_at", "container", "started_at", "last_used",
+    __slots__ = ("wid", "ready", "tasks", "fids", "container", "started_at", "last_used",
                  "limit", "batch_at", "batch_len")
 
     def __init__(self, wid: int, container: Optional[str] = None, now: float = 0.0):
@@ -63,7 +63,6 @@ class WorkerSlot:
         self.ready = False
         self.tasks: Dict[int, Task] = {}     # tid -> task it is running or has queued
         self.fids: Set[bytes] = set()
-        self.sent_at = 0.0
         self.container = container
         self.started_at = now
         self.last_used = now
@@ -217,14 +216,18 @@ class WorkerTable:
             batch = _take_batch(queue, min(n, slot.limit))
             for task in batch:
                 slot.tasks[task.tid] = task
-            slot.sent_at = now
             slot.batch_at = now
             slot.batch_len = len(batch)
             slot.last_used = now
             out.append((slot, batch))
 
     def done(self, wid: int, tids: List[int], now: float) -> None:
-        """Results for ``tids`` arrived from worker ``wid``; updates the duration estimate."""
+        """Results for ``tids`` arrived from worker ``wid``.  The duration estimate is updated once per
+        batch, when its last result is in: a worker sends the results finished before a slow task of
+        its batch while that task still runs (``worker.ResultFlusher``), and such a partial message
+        says nothing about how long the batch's tasks take -- timing it as a whole batch made a slow
+        worker look fast, and the rest of the batch, timed alone, made its tasks look slower than
+        they were."""
         slot = self.slots.get(wid)
         if slot is None or not tids:
             return
@@ -232,8 +235,9 @@ class WorkerTable:
             slot.tasks.pop(tid, None)
         self._adapt_limit(slot, now)
         slot.last_used = now
-        per_task = max(now - slot.sent_at, 0.0) / len(tids)
-        slot.sent_at = now
+        if slot.tasks:
+            return                  # part of the batch: wait for the rest before timing it
+        per_task = max(now - slot.batch_at, 0.0) / max(1, slot.batch_len)
         avg = self.avg_task_seconds
         self.avg_task_seconds = per_task if avg is None else avg + EWMA_ALPHA * (per_task - avg)
 

@@ -98,6 +98,27 @@ def test_dead_worker_returns_its_tasks():
     assert t.held() == 0
 
 
+def test_a_partial_result_message_is_not_timed_as_a_batch():
+    """A worker sends the results finished before a slow task of its batch while that task runs
+    (``worker.ResultFlusher``): that message neither makes the tasks look fast (nor the worker proven),
+    and the batch is timed once, from its hand-over to its last result, over all its tasks."""
+    t = CheckedTable()
+    t.add(0)
+    t.mark_ready(0)
+    t.avg_task_seconds = 20e-6                 # no-ops so far
+    t.slots[0].limit = 4
+    t.enqueue([task(i) for i in range(10)])
+    (slot, batch), = t.assign(10.0)
+    assert len(batch) == 4
+    prefetch = t.prefetch()
+    t.done(0, [tk.tid for tk in batch[:3]], 10.006)     # three ready, the fourth still running
+    assert t.avg_task_seconds == 20e-6 and t.prefetch() == prefetch
+    assert slot.limit == 4 and not slot.idle, "a partial batch proves nothing"
+    t.done(0, [batch[3].tid], 11.0)                      # the batch took a second: 0.25 s per task
+    assert t.avg_task_seconds == pytest.approx(20e-6 + 0.2 * (0.25 - 20e-6))
+    assert slot.limit == 1 and slot.idle
+
+
 def test_fixed_prefetch_capacity_is_respected():
     t = CheckedTable(prefetch_capacity=3)
     t.add(0)
