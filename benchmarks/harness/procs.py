@@ -15,12 +15,14 @@ _RAY_ROLES = (("raylet", "raylet"), ("gcs_server", "gcs"), ("ray::", "worker"), 
 
 
 def _role(cmd: str, parent_role: str | None) -> str:
-    if "interchange" in cmd:
-        return "interchange"
+    # workers and managers first: a faasx manager's command line names the interchange's ipc socket
+    # (``--ipc .../interchange-<pid>.sock``), which made it count as the interchange
     if "faasx-worker" in cmd or "worker import main" in cmd:
         return "worker"
     if "faasx-manager" in cmd or "process_worker_pool" in cmd:
         return "worker" if parent_role == "manager" else "manager"
+    if "interchange" in cmd:
+        return "interchange"
     for needle, role in _RAY_ROLES:
         if needle in cmd:
             return role

@@ -555,7 +555,9 @@ class EngineClient:
 
         def members() -> List[Tuple[int, int]]:
             return [(me, tid)] + [(ic, t) for t in affinity.thread_ids(ic)]
-        return affinity.Governor(self.engine_cpu, members, f"executor {self.label}", now, allowed)
+        governor = affinity.Governor(self.engine_cpu, members, f"executor {self.label}", now, allowed)
+        governor.spread_if_busy(now)
+        return governor
 
     def _wait(self, io: _LoopState) -> dict:
         """Poll the link and the wake pipe; without a timeout only when nothing is waiting to be sent.

@@ -227,8 +227,12 @@ def test_governor_spreads_threads_that_saturate_their_cpu_and_pins_them_again_on
 
 def test_governor_leaves_a_quiet_engine_on_its_cpu():
     import time
-    idle = _process("import time; time.sleep(30)")
+    # measured only once it sleeps: its interpreter's start-up (under load, waiting for the CPU)
+    # would count as demand
+    idle = subprocess.Popen([sys.executable, "-c", "import time; print('asleep', flush=True); time.sleep(30)"],
+                            stdout=subprocess.PIPE, text=True)
     try:
+        assert idle.stdout.readline().strip() == "asleep"
         cpu = ALLOWED[-1]
         os.sched_setaffinity(idle.pid, {cpu})
         gov = affinity.Governor(cpu, lambda: [(idle.pid, idle.pid)], "test", time.monotonic(), ALLOWED)
@@ -259,3 +263,32 @@ def test_governor_backs_off_when_it_has_to_spread_again_soon_after_pinning():
 def test_thread_times_of_a_gone_thread_are_zero():
     assert affinity.thread_times_ns(2 ** 22 + 12345, 2 ** 22 + 12345) == (0, 0)
     assert affinity.thread_ids(2 ** 22 + 12345) == []
+
+
+def test_governor_spreads_threads_that_wait_for_their_cpu_even_when_they_use_little_of_it():
+    """Other processes keep the CPU busy: the engine uses 0.1 CPU but waits 0.4 for it -> spread; once
+    its wait and demand are low for the hold time -> pinned again.  The rule alone: CPU and wait times
+    are fed in (ns, cumulative), nothing is moved."""
+    times = {"cpu": 0, "wait": 0}
+    gov = affinity.Governor(0, lambda: [], "test", 0.0, ALLOWED)
+    gov._totals = lambda: (times["cpu"], times["wait"])
+    gov._last_ns = (0, 0)
+    gov._apply = lambda cpus: True
+    times.update(cpu=int(0.05e9), wait=int(0.2e9))          # 0.1 CPU used, 0.4 waiting, over 0.5 s
+    gov.tick(0.5)
+    assert not gov.pinned and abs(gov.wait - 0.4) < 1e-9
+    for i in range(2, 12):                                   # quiet: 0.1 CPU, 0.02 waiting
+        times.update(cpu=times["cpu"] + int(0.05e9), wait=times["wait"] + int(0.01e9))
+        gov.tick(i * 0.5)
+    assert gov.pinned
+
+
+def test_governor_starts_spread_on_a_machine_busier_than_its_cpus(monkeypatch):
+    gov = affinity.Governor(0, lambda: [], "test", 0.0, ALLOWED)
+    gov._apply = lambda cpus: True
+    monkeypatch.setattr(affinity, "_load_average", lambda: len(ALLOWED) - 0.5)
+    gov.spread_if_busy(0.0)
+    assert gov.pinned
+    monkeypatch.setattr(affinity, "_load_average", lambda: len(ALLOWED) + 0.5)
+    gov.spread_if_busy(0.0)
+    assert not gov.pinned
