@@ -38,7 +38,8 @@ from typing import Dict, List, Optional
 
 import zmq
 
-from faasx.executor import affinity, payloads
+from faasx.executor import affinity
+from faasx.executor import payloads as shared_payloads   # 'payloads' names message frames here
 from faasx.executor import protocol as P
 from faasx.executor.channel import Channel, ChannelClosed, ChannelError
 from faasx.executor.processes import set_process_name
@@ -63,7 +64,7 @@ class Interchange:
         self.scheduler = Scheduler(max_retries=cfg["max_retries"])
         self.codes: Dict[bytes, bytes] = {}
         self.versions = P.versions()
-        self.host_id = payloads.host_id()   # a manager registering with another may not get shm payloads
+        self.host_id = shared_payloads.host_id()   # a manager registering with another may not get shm payloads
         self.shm = bool(cfg.get("shm_dir"))  # the client sends shared-memory payloads (a local block)
         self.client_ready = False       # the client said HELLO
         self.lost: Dict[bytes, str] = {}
@@ -377,7 +378,7 @@ class Interchange:
                 self._worker_lost(mid, res, now)
             elif sched.complete(mid, res.tid, now) is None:
                 self.stats["duplicates_dropped"] += 1
-                payloads.release(res.payload)     # a shared-memory result nobody will read
+                shared_payloads.release(res.payload)     # a shared-memory result nobody will read
                 logger.warning("task %d: dropped a result from manager %r, which does not own the task "
                                "(duplicate or stale)", res.tid, mid)
             else:
@@ -436,7 +437,7 @@ class Interchange:
         """Send each manager the tasks the scheduler gave it (their functions' code first)."""
         for m, recs in self.scheduler.dispatch(now):
             if self.shm and not m.info.get("same_host"):   # it cannot open this host's shm: send inline
-                recs = payloads.inline_tasks(recs)
+                recs = shared_payloads.inline_tasks(recs)
             if not (self._send_missing_funcs(m, recs)
                     and all(self._send_manager(m.mid, P.pack_tasks(c)) for c in P.chunks_by_bytes(recs))):
                 self.remove_manager(m.mid, "unreachable (its connection is gone)", now)
@@ -586,7 +587,7 @@ class Interchange:
         if self.auth is not None:
             self.auth.stop()
         self.ctx.term()
-        payloads.remove_dir(self.cfg.get("shm_dir"))    # the client's, if it could not (killed): nothing reads it now
+        shared_payloads.remove_dir(self.cfg.get("shm_dir"))    # the client's, if it could not (killed): nothing reads it now
         for path in self.ipc_cleanup:     # the socket file, then the private directory made for it
             try:
                 os.rmdir(path) if os.path.isdir(path) else os.unlink(path)
