@@ -258,6 +258,15 @@ def plot(results: list, out_dir: str | None) -> None:
             "swarm (all simulated managers)": [(r["workers"], r["cells"][0]["swarm_us"]) for r in results if r["cells"]]}
     plots.line_plot("bench_scale_cpu.png", "CPU per no-op task", "workers", "us of CPU per task", cost,
                     out_dir=out_dir, logx=True, hline=10, hline_label="target 10 us")
+    busy: dict = {}
+    for r in results:
+        for c in r["cells"] + r.get("map_cells", []):
+            if c["utilisation"] is not None:
+                label = f"{c['d'] * 1e3:g} ms tasks, " + ("submit()" if c.get("mode", "submit") == "submit"
+                                                         else c["mode"].replace("map/", "map(chunksize=") + ")")
+                busy.setdefault(label, []).append((r["workers"], 100 * c["utilisation"]))
+    plots.line_plot("bench_scale_busy.png", "Workers busy (N x d / (workers x makespan))", "workers", "% busy",
+                    busy, out_dir=out_dir, logx=True, hline=60, hline_label="target 60 % (1 s tasks)")
 
 
 def main(argv=None) -> int:
@@ -274,9 +283,9 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=4.0, help="ideal makespan per cell (default 4 s)")
     p.add_argument("--round-trips", type=int, default=200)
     p.add_argument("--map-durations", default="1", help="durations of the sustained map() cells ('' for none)")
-    p.add_argument("--map-chunksize", type=int, default=8, help="chunksize of the map() cells (default 8)")
-    p.add_argument("--map-seconds", type=float, default=16.0,
-                   help="seconds of work per worker in a map() cell (default 16: two chunks of 8 x 1 s each)")
+    p.add_argument("--map-chunksize", type=int, default=16, help="chunksize of the map() cells (default 16)")
+    p.add_argument("--map-seconds", type=float, default=32.0,
+                   help="seconds of work per worker in a map() cell (default 32: two chunks of 16 x 1 s each)")
     p.add_argument("--plots", default=None, metavar="DIR", help="write the PNGs here (default docs/img/)")
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
