@@ -292,6 +292,7 @@ class Writer:
         except OSError:
             return inline_from(data, buffers)
         try:
+            os.fchmod(fd, 0o600)          # exact whatever the umask (a umask of 0o777 would leave 000)
             for (offset, _, _), buf in zip(spans, buffers):
                 _pwrite_all(fd, buf.raw(), offset)
             os.ftruncate(fd, size)

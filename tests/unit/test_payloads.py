@@ -157,3 +157,18 @@ def test_host_identity_and_registration_field():
     assert P.parse_register(dict(body, host_id="x")).host_id == "x"
     assert P.parse_register(body).host_id is None
     assert P.parse_register(dict(body, host_id=5)).host_id is None
+
+
+def test_modes_are_exact_whatever_the_umask():
+    old = os.umask(0o777)
+    try:
+        d = PL.RunDir.create()
+        serialize(((np.ones(BIG, np.uint8),), {}), shared=d.writer(1 << 30))
+    finally:
+        os.umask(old)
+    try:
+        [name] = os.listdir(d.path)
+        assert stat.S_IMODE(os.stat(d.path).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(os.path.join(d.path, name)).st_mode) == 0o600
+    finally:
+        d.remove()
