@@ -36,6 +36,7 @@ NON_DEFAULTS = dict(
     max_retries_on_system_failure=4, max_payload_size=1 << 20, encrypted=False, block_error_handler=False,
     address_probe_timeout=12.0, worker_logdir_root="/tmp/wlogs", memo_store="/tmp/memo.sqlite",
     max_container_types=3, container_python="/opt/py/bin/python3", container_start_timeout=60.0, engine_cpu=1,
+    shared_memory=False,
 )
 
 
