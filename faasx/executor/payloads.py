@@ -48,7 +48,8 @@ Who removes what:
   (a duplicate: from a manager declared lost, or for a task the client forgot) is unlinked by
   whichever of the interchange and the client drops it.
 * the run directory (``RunDir``) is removed with everything left in it when the executor shuts down,
-  and by the interchange when it exits (it outlives a client killed with SIGKILL by < 1 s).
+  and by the interchange when it exits (it outlives a client killed with SIGKILL by < 1 s); if both
+  died at once, by the same user's next executor (``remove_dead_runs``: its client pid is gone).
   What could be left inside before that: the result of a worker killed between writing its file and
   sending the reference, or of a manager lost with results it had not forwarded.
 
@@ -86,7 +87,7 @@ SHM_DIR_ENV = "FAASX_SHM_DIR"   # a local block's plain workers: the client's di
 
 _HEADER_LEN = struct.Struct("!I")
 _FILE_NAME = re.compile(r"^[0-9a-f]{32}$")
-_DIR_NAME = re.compile(r"^" + DIR_PREFIX + r"\d+-[0-9a-f]{16}$")
+_DIR_NAME = re.compile(r"^" + DIR_PREFIX + r"(\d+)-(\d+)-[0-9a-f]{16}$")   # uid, client pid, random
 
 
 class SharedPayloadError(OSError):
@@ -114,10 +115,12 @@ def host_id() -> str:
 # ---- the run's directory (client) ----------------------------------------------------------------
 
 class RunDir:
-    """The client's private directory of shared payloads, /dev/shm/faasx-<uid>-<random>, mode 0700.
+    """The client's private directory of shared payloads, /dev/shm/faasx-<uid>-<pid>-<random>, mode 0700.
 
     Created by the executor at start (``create``), removed at shutdown (``remove``); the interchange
-    removes it too when it exits.  Thread-safe: ``writer`` and ``release`` keep no state."""
+    removes it too when it exits.  If both were killed at once (SIGKILL to the whole process group),
+    the next ``create`` of the same user removes it: a directory of our uid whose client pid is no
+    longer alive belongs to a dead run.  Thread-safe: ``writer`` and ``release`` keep no state."""
 
     def __init__(self, path: str):
         self.path = path
@@ -127,8 +130,9 @@ class RunDir:
         """A new private directory under ``root``, or None where shared memory cannot be used."""
         if not os.path.isdir(root) or not os.access(root, os.W_OK | os.X_OK):
             return None
+        remove_dead_runs(root)
         for _ in range(8):
-            path = os.path.join(root, f"{DIR_PREFIX}{os.geteuid()}-{secrets.token_hex(8)}")
+            path = os.path.join(root, f"{DIR_PREFIX}{os.geteuid()}-{os.getpid()}-{secrets.token_hex(8)}")
             try:
                 os.mkdir(path, 0o700)
             except FileExistsError:       # taken (by chance or by someone else): draw another name
@@ -145,6 +149,39 @@ class RunDir:
 
     def remove(self) -> None:
         remove_dir(self.path)
+
+
+def remove_dead_runs(root: str = SHM_ROOT) -> List[str]:
+    """Remove the run directories of this uid whose client process is gone; returns their paths.
+    (A client in another PID namespace sharing this /dev/shm would look dead: such a setup must give
+    each namespace its own /dev/shm, as containers do by default.)"""
+    removed = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        match = _DIR_NAME.match(name)
+        if not match or int(match.group(1)) != os.geteuid() or _alive(int(match.group(2))):
+            continue
+        path = os.path.join(root, name)
+        try:
+            if os.lstat(path).st_uid == os.geteuid():
+                remove_dir(path)
+                removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def remove_dir(path: Optional[str]) -> None:

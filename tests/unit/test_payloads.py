@@ -127,6 +127,22 @@ def test_a_reader_refuses_foreign_paths_links_and_open_modes(run_dir, tmp_path):
             deserialize(forged)
 
 
+def test_a_dead_runs_directory_is_removed_and_a_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    gone = tmp_path / f"faasx-{os.geteuid()}-{dead}-{'a' * 16}"
+    live = tmp_path / f"faasx-{os.geteuid()}-{os.getpid()}-{'b' * 16}"
+    other = tmp_path / f"faasx-{os.geteuid() + 1}-{dead}-{'c' * 16}"     # another user's: never ours to remove
+    for d in (gone, live, other):
+        d.mkdir(mode=0o700)
+        (d / ("0" * 32)).write_bytes(b"x")
+    new = PL.RunDir.create(str(tmp_path))
+    assert not gone.exists() and live.exists() and other.exists() and os.path.isdir(new.path)
+    assert os.path.basename(new.path).startswith(f"faasx-{os.geteuid()}-{os.getpid()}-")
+
+
 def test_no_shared_memory_where_the_root_is_not_writable(tmp_path):
     os.chmod(tmp_path, 0o500)
     try:
