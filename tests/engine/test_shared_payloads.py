@@ -58,12 +58,10 @@ def wait_for(path):
 
 
 @pytest.fixture(scope="module")
-def shm_ex(tmp_path_factory):
-    run_dir = str(tmp_path_factory.mktemp("shm"))
-    ex = faasx.Executor(max_workers_per_node=2, run_dir=run_dir, **FAST_HEARTBEATS)
-    yield ex
-    ex.shutdown()
-    wait_until(lambda: not faasx_processes(run_dir), 10, "the executor's processes to exit")
+def shm_ex(ex):
+    """conftest's module-scoped executor (2 workers on a local block): this module's own, so the
+    leftover-file checks see only this module's payloads."""
+    return ex
 
 
 def files(ex):
