@@ -160,9 +160,10 @@ class Manager:
         self.terminate_reason = ""
         self.advertised_prefetch = -1
         self.advertised_warm: List[str] = []
-        # tasks handed to a worker and not yet reported STARTED (tid -> None, in order), since when;
-        # and tasks the client cancelled before a worker got them (answered with FAILED results)
-        self.unreported: Dict[int, None] = {}
+        # tasks handed to a worker and not yet reported STARTED (tid -> when, in hand-out order), the
+        # oldest one's time; and tasks the client cancelled before a worker got them (answered with
+        # FAILED results)
+        self.unreported: Dict[int, float] = {}
         self.unreported_since: Optional[float] = None
         self.withdrawn: List[int] = []
         # tasks with a walltime at a worker: tid -> (deadline, worker id, walltime)
@@ -528,17 +529,26 @@ class Manager:
                 send(self.ic, P.pack_results(chunk))
 
     def report_started(self, now: float) -> None:
-        """Tell the interchange which tasks workers have taken, once the oldest of them has run for
+        """Tell the interchange which tasks workers have taken, once the oldest of them has gone
         ``STARTED_DELAY`` without a result (a result says it by itself): their futures become
-        running().  One small message per STARTED_DELAY at most, none for short tasks."""
-        if self.unreported_since is None:
+        running().  Reported are the tasks handed out at least half that long ago, so each is
+        reported 5-10 ms after its hand-over, at most one message goes per 5 ms, and a stream of
+        short tasks sends none (listing every task in flight made the client mark thousands of
+        no-ops running per second)."""
+        if self.unreported_since is None or now - self.unreported_since < P.STARTED_DELAY:
             return
-        if not self.unreported:
-            self.unreported_since = None
-        elif now - self.unreported_since >= P.STARTED_DELAY:
-            send(self.ic, P.pack_started(list(self.unreported)))
-            self.unreported.clear()
-            self.unreported_since = None
+        unreported = self.unreported
+        cutoff = now - P.STARTED_DELAY / 2
+        started = []
+        for tid, handed in unreported.items():     # oldest first
+            if handed > cutoff:
+                break
+            started.append(tid)
+        for tid in started:
+            del unreported[tid]
+        self.unreported_since = next(iter(unreported.values()), None)
+        if started:
+            send(self.ic, P.pack_started(started))
 
     def answer_withdrawn(self) -> None:
         """Tasks cancelled by the client before any worker took them never run: each is answered with a
@@ -717,7 +727,7 @@ class Manager:
             chan.send(P.pack_tasks(chunk))
         unreported = self.unreported
         for t in batch:
-            unreported[t.tid] = None
+            unreported[t.tid] = now
             if t.spec and "walltime" in t.spec:
                 self.deadlines[t.tid] = (now + float(t.spec["walltime"]), slot.wid, t.spec["walltime"])
         if self.unreported_since is None:
