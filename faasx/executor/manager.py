@@ -481,8 +481,10 @@ class Manager:
         until a STARTED report is due), handle every message that arrived; returns the time after the wait."""
         timeout = 0 if self.table.assignable() else WORKER_CHECK_PERIOD * 1000
         if self.unreported_since is not None:
+            # whole milliseconds, rounded up: pyzmq truncates a float timeout, and poll(0) until the
+            # report is due would spin the loop
             due = self.unreported_since + P.STARTED_DELAY - now
-            timeout = min(timeout, max(0.0, due) * 1000)
+            timeout = min(timeout, max(0, math.ceil(due * 1000)))
         events = self.poller.poll(timeout)
         now = time.monotonic()
         ic = self.ic
@@ -525,6 +527,8 @@ class Manager:
             if self.unreported:     # a result says by itself that its task started
                 for r in self.out.results:
                     self.unreported.pop(r.tid, None)
+                if not self.unreported:
+                    self.unreported_since = None
             for chunk in P.chunks_by_bytes(self.out.take()):
                 send(self.ic, P.pack_results(chunk))
 
