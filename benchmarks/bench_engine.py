@@ -35,12 +35,15 @@ def noop(x):
     return x
 
 
+EXPERIMENTS = ("faasx-plain", "faasx-unpinned", "faasx-zmq")     # faasx.Executor variants, only with --systems
 SYSTEMS = {
     "faasx": "faasx.Executor",
     # the cost of authentication: the same, without CurveZMQ (not a default; only with --systems)
     "faasx-plain": "faasx.Executor encrypted=False",
     # the placement experiment (issue 12): the engine's threads never pinned (only with --systems)
     "faasx-unpinned": "faasx.Executor engine_cpu=None",
+    # the same-host manager on ZeroMQ's ipc transport instead of its direct link (only with --systems)
+    "faasx-zmq": "faasx.Executor FAASX_DIRECT_LINKS=0",
     "faasx-parsl": "faasx.FaaSExecutor",
     "htex": "Parsl HTEX",
 }
@@ -82,7 +85,9 @@ def measure(args) -> dict:
         res["cpus"] = sorted(os.sched_getaffinity(0))
     t0 = C.now()
     # imports are not part of cold start (faasx imports lazily: touch the class to import it now)
-    if system in ("faasx", "faasx-plain", "faasx-unpinned"):
+    if system == "faasx-zmq":
+        os.environ["FAASX_DIRECT_LINKS"] = "0"     # read by the interchange this child starts
+    if system in ("faasx",) + EXPERIMENTS:
         import faasx
         faasx.Executor  # noqa: B018
     else:
@@ -96,7 +101,7 @@ def measure(args) -> dict:
 
     # ---- cold start: constructing / loading the executor -> first result
     t0 = C.now()
-    if system in ("faasx", "faasx-plain", "faasx-unpinned"):
+    if system in ("faasx",) + EXPERIMENTS:
         ex = faasx.Executor(max_workers_per_node=args.workers, encrypted=system != "faasx-plain",
                             **({"engine_cpu": None} if system == "faasx-unpinned" else {}))
 
@@ -206,7 +211,7 @@ def main(argv=None) -> int:
     p.add_argument("--cpus", default="", metavar="LIST",
                    help="pin each system (its child process and everything it starts) to these CPUs, e.g. 0 "
                         "(an experiment: by default nothing is pinned)")
-    p.add_argument("--systems", default=",".join(s for s in SYSTEMS if s not in ("faasx-plain", "faasx-unpinned")),
+    p.add_argument("--systems", default=",".join(s for s in SYSTEMS if s not in EXPERIMENTS),
                    help=f"comma list of {', '.join(SYSTEMS)}")
     p.add_argument("--repeat", type=int, default=1, help="fresh-process runs per system; medians reported")
     p.add_argument("--cold-timeout", type=float, default=120.0, help="seconds allowed for the first result")
@@ -277,7 +282,7 @@ def report(runs: dict, systems: list, args):
     def m(s, k):
         return (med.get(s) or {}).get(k)
 
-    faas_cols = [s for s in ("faasx", "faasx-plain", "faasx-unpinned", "faasx-parsl") if s in systems]
+    faas_cols = [s for s in ("faasx",) + EXPERIMENTS + ("faasx-parsl",) if s in systems]
     headers = ["metric"]
     for s in faas_cols:
         headers += [SYSTEMS[s], "ratio"]

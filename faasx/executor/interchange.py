@@ -39,6 +39,7 @@ from typing import Dict, List, Optional
 import zmq
 
 from faasx.executor import affinity
+from faasx.executor import direct
 from faasx.executor import payloads as shared_payloads   # 'payloads' names message frames here
 from faasx.executor import protocol as P
 from faasx.executor.channel import Channel, ChannelClosed, ChannelError
@@ -102,6 +103,7 @@ class Interchange:
         self.manager_port = self._bind(self.managers, cfg["bind_address"], cfg.get("worker_port_range"),
                                        cfg.get("worker_port"))
         self.manager_ipc = self._bind_local_ipc()
+        self.direct = self._bind_direct(2 * max_msg)
 
     def _router(self) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -131,6 +133,20 @@ class Interchange:
             logger.warning("could not bind the local ipc endpoint for managers (%s); managers use TCP", e)
             return None
         return path
+
+    def _bind_direct(self, max_message: int) -> Optional[direct.DirectLinks]:
+        """Beside the ipc socket, the direct socket (``faasx.executor.direct``): same-host managers skip
+        ZeroMQ altogether.  None where there is no ipc socket, or with FAASX_DIRECT_LINKS=0."""
+        if self.manager_ipc is None or not direct.enabled():
+            return None
+        path = direct.direct_path(self.manager_ipc)
+        try:
+            links = direct.DirectLinks(path, max_message)
+        except OSError as e:
+            logger.warning("could not bind the direct socket for managers on this host (%s); they use ipc", e)
+            return None
+        self.ipc_cleanup.insert(0, path)
+        return links
 
     @staticmethod
     def _bind(sock: zmq.Socket, address: str, port_range=None, port: Optional[int] = None) -> int:
@@ -256,7 +272,8 @@ class Interchange:
 
     def _cmd_stats(self, args, now: float):
         sched = self.scheduler
-        return dict(self.stats, queued=sched.queued, tasks=len(sched.tasks), managers=len(sched.managers))
+        return dict(self.stats, queued=sched.queued, tasks=len(sched.tasks), managers=len(sched.managers),
+                    direct_refused=self.direct.refused if self.direct is not None else 0)
 
     def _send_client(self, frames: list) -> None:
         if not self.client_ready:
@@ -344,7 +361,8 @@ class Interchange:
             return
         info = {"hostname": reg.hostname, "pid": reg.pid, "accelerators": reg.accelerators,
                 "containers": reg.containers, "walltime_left": reg.walltime_left,
-                "same_host": reg.host_id == self.host_id}   # may be sent shared-memory payloads
+                "same_host": reg.host_id == self.host_id,   # may be sent shared-memory payloads
+                "link": "direct" if self.direct is not None and mid in self.direct.by_mid else "zmq"}
         self.scheduler.register_manager(mid, reg.block_id, reg.workers, reg.workers + reg.prefetch, info, now)
         self.blocks_seen.setdefault(reg.block_id, now)
         self.stats["managers_registered"] += 1
@@ -426,6 +444,11 @@ class Interchange:
                                             len(failed)))
 
     def _send_manager(self, mid: bytes, frames: list) -> bool:
+        if self.direct is not None and mid in self.direct.by_mid:
+            if self.direct.send(mid, frames):
+                return True
+            logger.warning("could not send to manager %r: its direct link is gone", mid)
+            return False
         try:
             send(self.managers, [mid] + frames)
             return True
@@ -462,6 +485,8 @@ class Interchange:
         lfd = link.fileno()
         poller.register(lfd, _POLLIN)
         poller.register(managers, _POLLIN)
+        if self.direct is not None:
+            self.direct.attach(poller)
         writing = False
         now = time.monotonic()
         self.last_client = now
@@ -476,7 +501,9 @@ class Interchange:
                 self.serve_link(events[lfd], now)
             if managers in events:
                 for frames in drain(managers, RECV_BATCH):
-                    self._guarded(self.handle_manager, frames, now, "manager")
+                    self._guarded(self.handle_router, frames, now, "manager")
+            if self.direct is not None and len(events) > (lfd in events) + (managers in events):
+                self.serve_direct(events, now)
             self.dispatch(now)
             self.flush_results()
             if now - last_hb >= self.hb_period:
@@ -500,6 +527,31 @@ class Interchange:
             logger.error("client link: corrupt stream (%s); shutting down, the client will report the "
                          "interchange lost", e)
             self.running = False
+
+    def handle_router(self, frames: list, now: float) -> None:
+        """A message on the ZeroMQ port; one naming a manager that has a direct link is not its (a second
+        connection presenting a registered id must not act for it)."""
+        if self.direct is not None and frames[0] in self.direct.by_mid:
+            self.stats["malformed"] += 1
+            logger.error("manager port: dropped a message from %r, which is connected on its direct link",
+                         frames[0][:64])
+            return
+        self.handle_manager(frames, now)
+
+    def serve_direct(self, events: dict, now: float) -> None:
+        """The direct socket and links that have events: accept, read, write; a closed link removes its
+        manager at once (it exited or died: its tasks are re-dispatched now, not after the heartbeat
+        threshold)."""
+        links = self.direct
+        in_use = self.scheduler.managers.__contains__
+        for fd, event in events.items():
+            if not isinstance(fd, int) or not links.owns(fd):
+                continue
+            messages, closed = links.serve(fd, event, in_use)
+            for frames in messages:
+                self._guarded(self.handle_manager, frames, now, "manager")
+            for mid in closed:
+                self.remove_manager(mid, "its connection closed (the manager exited or died)", now)
 
     def _guarded(self, handler, frames: list, now: float, port: str) -> None:
         """No message may end the interchange: anything a handler did not foresee is logged and counted
@@ -578,6 +630,9 @@ class Interchange:
             self._send_manager(mid, bye)
         self.managers.setsockopt(zmq.LINGER, 1000)
         self.managers.close()
+        if self.direct is not None:
+            self._flush_direct(time.monotonic() + 1.0)
+            self.direct.close()
         try:    # best effort at exit: let the client have the results still queued for it
             if not self.link.flush_until(time.monotonic() + 2.0):
                 logger.warning("exiting with %d bytes for the client unsent", self.link.queued_bytes())
@@ -594,6 +649,15 @@ class Interchange:
             except OSError:
                 pass
         logger.info("interchange stopped: %s", self.stats)
+
+
+    def _flush_direct(self, deadline: float) -> None:
+        """Best effort at exit, as ZeroMQ's LINGER does for the others: the SHUTDOWNs just queued."""
+        for link in list(self.direct.by_fd.values()):
+            try:
+                link.chan.flush_until(deadline)
+            except OSError:
+                pass
 
 
 def main(argv=None) -> int:

@@ -1,8 +1,9 @@
 """faasx-manager: one per node; registers with the interchange and runs tasks on a pool of workers.
 
-A block's launcher starts this on each node.  The manager is a single-threaded event loop over a
-DEALER socket to the interchange (TCP, CurveZMQ when the executor is encrypted) and one Unix
-socketpair per worker (``faasx.executor.channel``), plus a periodic check of its worker processes.
+A block's launcher starts this on each node.  The manager is a single-threaded event loop over its
+link to the interchange (``manager_link``: a direct Unix socket on the interchange's own host, else a
+ZeroMQ DEALER over TCP, CurveZMQ when the executor is encrypted) and one Unix socketpair per worker
+(``faasx.executor.channel``), plus a periodic check of its worker processes.
 It never runs user code, so it can always answer heartbeats.  One thread, so no locks: ``Manager``
 and everything it composes belong to the thread that runs ``Manager.run``.
 
@@ -59,7 +60,7 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import psutil
 import zmq
@@ -68,10 +69,10 @@ from faasx.containers.workers import ENGINE_ERROR_CODES, ContainerWorkers
 from faasx.executor import affinity, payloads
 from faasx.executor import protocol as P
 from faasx.executor.channel import ChannelClosed, ChannelError
+from faasx.executor.direct import direct_path
+from faasx.executor.manager_link import DirectLink, InterchangeGone, ZmqLink
 from faasx.executor.processes import command, set_process_name
-from faasx.executor.security import (PrivateFileHandler, configure_client, manager_credentials, open_private,
-                                     private_dir)
-from faasx.executor.sockets import drain, send
+from faasx.executor.security import PrivateFileHandler, manager_credentials, open_private, private_dir
 from faasx.executor.worker_processes import WorkerProcesses
 from faasx.executor.worker_table import WorkerTable
 
@@ -179,9 +180,10 @@ class Manager:
         self.engine_cpu, self.worker_cpus = self._pin(original)
         # libzmq starts its I/O thread with the first socket, from this (pinned) thread: it inherits the pin
         self.ctx = zmq.Context(io_threads=1)
-        self.ic = self._interchange_socket()
+        # the run token and keys come from the run's 0700 cert dir, never from the command line (ps)
+        self.token, self.encrypted = manager_credentials(args.cert_dir)
+        self.ic: Optional[Union[DirectLink, ZmqLink]] = None     # chosen by connect()
         self.poller = zmq.Poller()
-        self.poller.register(self.ic, zmq.POLLIN)
         self.pool = WorkerProcesses(self.poller, args.max_payload_size * 2 + (64 << 20), self.engine_cpu, original)
         self.containers = ContainerWorkers(args, self.pool, self.table, self.out, mid=self.mid.decode(),
                                            hostname=self.hostname, worker_env=self.worker_env,
@@ -202,24 +204,6 @@ class Manager:
         worker_cpus = affinity.format_cpus(original)
         logger.info("manager pinned to CPU %d; workers get cpus %s", cpu, worker_cpus)
         return cpu, worker_cpus
-
-    def _interchange_socket(self) -> zmq.Socket:
-        args = self.args
-        ic = self.ctx.socket(zmq.DEALER)
-        ic.setsockopt(zmq.LINGER, 0)
-        ic.setsockopt(zmq.IDENTITY, self.mid)
-        ic.setsockopt(zmq.SNDHWM, 0)
-        ic.setsockopt(zmq.RCVHWM, 0)
-        # A DEALER with no peer pipe blocks in send; after a fatal handshake failure (wrong or missing
-        # CURVE keys) it has none, and would block for ever.  Bound every send by the liveness threshold.
-        ic.setsockopt(zmq.SNDTIMEO, int(args.heartbeat_threshold * 1000))
-        if args.max_payload_size:
-            ic.setsockopt(zmq.MAXMSGSIZE, args.max_payload_size + (16 << 20))
-        # the run token and keys come from the run's 0700 cert dir, never from the command line (ps)
-        self.token, encrypted = manager_credentials(args.cert_dir)
-        if encrypted:
-            configure_client(ic, args.cert_dir)
-        return ic
 
     def _mpi_table(self, args: argparse.Namespace) -> WorkerTable:
         """MPI mode (``faasx.MPIExecutor``): this block's nodes are a pool; a task waits for its nodes."""
@@ -381,11 +365,26 @@ class Manager:
     # ---- registration ------------------------------------------------------------------------
     def connect(self) -> bool:
         """Connect to the interchange and register; False (logged with the fix) if that fails."""
-        url = self._interchange_url()
+        url = self._open_link()
         if url is None:
             return False
-        self.ic.connect(url)
+        self.ic.register(self.poller)
         return self._register(url) and self._await_registered(url)
+
+    def _open_link(self) -> Optional[str]:
+        """The interchange's direct socket when it is on this host (``faasx.executor.direct``), else a
+        ZeroMQ link (ipc on its host, TCP elsewhere); returns where it goes, None if nowhere."""
+        max_message = self.args.max_payload_size + (16 << 20) if self.args.max_payload_size else 0
+        if self.args.ipc:
+            path = direct_path(self.args.ipc)
+            self.ic = DirectLink.try_connect(path, self.threshold, max_message or (1 << 31))
+            if self.ic is not None:
+                return f"direct:{path}"
+        url = self._interchange_url()
+        if url is not None:
+            self.ic = ZmqLink(self.ctx, self.mid, self.threshold, max_message, self.args.cert_dir, self.encrypted)
+            self.ic.connect(url)
+        return url
 
     def _interchange_url(self) -> Optional[str]:
         if self.args.ipc and ipc_reachable(self.args.ipc):
@@ -407,8 +406,8 @@ class Manager:
             containers=bool(self.containers.runtimes), container_runtimes=self.containers.runtimes,
             walltime_left=walltime_left(), host_id=payloads.host_id())
         try:
-            self.ic.send_multipart(P.pack_register(register))
-        except zmq.Again:
+            self.ic.send(P.pack_register(register))
+        except InterchangeGone:
             logger.error("the interchange at %s did not answer the registration: it could not even be sent within "
                          "%ss (no connection; with encryption on, check that this node can read the executor's "
                          "cert_dir)", url, self.threshold)
@@ -419,10 +418,11 @@ class Manager:
         return True
 
     def _await_registered(self, url: str) -> bool:
-        if not self.ic.poll(int(self.threshold * 1000)):
+        reply = self.ic.recv(self.threshold)
+        if reply is None:
             logger.error("the interchange at %s did not answer the registration within %ss", url, self.threshold)
             return False
-        msg_type, body, _ = P.unpack(self.ic.recv_multipart())
+        msg_type, body, _ = P.unpack(reply)
         if msg_type == P.REFUSED:
             logger.error("the interchange refused this manager: %s", P.parse_reason(body, "(no reason given)"))
             return False
@@ -439,6 +439,8 @@ class Manager:
             return 1
         now = time.monotonic()
         try:
+            for frames in self.ic.drain(1000):      # tasks read together with the registration reply
+                self.handle_interchange(frames)
             while self.running:
                 now = self.serve_sockets(now)
                 self.periodic_checks(now)
@@ -449,10 +451,9 @@ class Manager:
                 self.update_capacity(now)
                 self.heartbeat(now)
                 self.check_liveness(now)
-        except zmq.Again:
+        except InterchangeGone as e:
             # every send to the interchange is bounded (SNDTIMEO = heartbeat_threshold)
-            logger.error("could not send to the interchange for %ss: it is gone. Stopping workers and exiting.",
-                         self.threshold)
+            logger.error("the interchange is gone (%s). Stopping workers and exiting.", e)
             self.terminate_reason = "interchange unreachable"
         return self.shutdown()
 
@@ -469,7 +470,8 @@ class Manager:
         if not self.connect():
             arm_exit_watchdog(10)   # only plain workers exist yet: their cleanup takes well under a second
             self.stop_workers(grace=0)
-            self.ic.close(0)
+            if self.ic is not None:
+                self.ic.close()
             self.ctx.term()
             return False
         signal.alarm(0)   # registered: from here liveness is the heartbeats' job
@@ -488,10 +490,11 @@ class Manager:
         events = self.poller.poll(timeout)
         now = time.monotonic()
         ic = self.ic
+        key = ic.key
         for sock, _ in events:
-            if sock is ic:
+            if sock == key:
                 self.last_ic = now
-                for frames in drain(ic, 1000):
+                for frames in ic.drain(1000):
                     self.handle_interchange(frames)
             else:
                 self.serve_worker(sock, now)
@@ -530,7 +533,7 @@ class Manager:
                 if not self.unreported:
                     self.unreported_since = None
             for chunk in P.chunks_by_bytes(self.out.take()):
-                send(self.ic, P.pack_results(chunk))
+                self.ic.send(P.pack_results(chunk))
 
     def report_started(self, now: float) -> None:
         """Tell the interchange which tasks workers have taken, once the oldest of them has gone
@@ -552,7 +555,7 @@ class Manager:
             del unreported[tid]
         self.unreported_since = next(iter(unreported.values()), None)
         if started:
-            send(self.ic, P.pack_started(started))
+            self.ic.send(P.pack_started(started))
 
     def answer_withdrawn(self) -> None:
         """Tasks cancelled by the client before any worker took them never run: each is answered with a
@@ -571,7 +574,7 @@ class Manager:
         old = self.advertised_prefetch
         if prefetch != old and (old <= 0 or abs(prefetch - old) > 0.25 * old):
             self.advertised_prefetch = prefetch
-            self.ic.send_multipart(P.pack_manager_heartbeat(self.table.held(), capacity=self.n_workers + prefetch))
+            self.ic.send(P.pack_manager_heartbeat(self.table.held(), capacity=self.n_workers + prefetch))
 
     def heartbeat(self, now: float) -> None:
         """Every ``heartbeat_period``, and at once when the set of warm containers changed."""
@@ -579,7 +582,7 @@ class Manager:
         if now - self.last_hb >= self.hb_period or warm != self.advertised_warm:
             self.last_hb = now
             self.advertised_warm = warm
-            self.ic.send_multipart(P.pack_manager_heartbeat(self.table.held(), warm))
+            self.ic.send(P.pack_manager_heartbeat(self.table.held(), warm))
 
     def check_liveness(self, now: float) -> None:
         """Stop when the interchange has been silent too long, or a drain has nothing left."""
@@ -751,7 +754,7 @@ class Manager:
         self.drain_reason = reason
         logger.info("draining: %s; finishing %d held task(s)", reason, self.table.held())
         if notify:
-            self.ic.send_multipart(P.pack_drain(reason))
+            self.ic.send(P.pack_drain(reason))
 
     def shutdown(self) -> int:
         arm_exit_watchdog()
@@ -760,13 +763,11 @@ class Manager:
         # this manager already; saying so now lets the interchange re-dispatch them without waiting for
         # the workers' shutdown grace (a job being cancelled has only KillWait seconds left anyway).
         try:
-            self.ic.send_multipart(P.pack_bye(self.terminate_reason or self.drain_reason or "exit", held), zmq.NOBLOCK)
-            # give the BYE a moment to leave before the context is torn down
-            self.ic.setsockopt(zmq.LINGER, 500)
-        except zmq.ZMQError:
+            self.ic.send(P.pack_bye(self.terminate_reason or self.drain_reason or "exit", held), nowait=True)
+        except (InterchangeGone, zmq.ZMQError):
             pass
         self.stop_workers()
-        self.ic.close()
+        self.ic.close(linger=0.5)     # give the BYE a moment to leave before the context is torn down
         self.ctx.term()
         logger.info("manager %s exited (%s); %d task(s) were still held", self.mid.decode(),
                     self.terminate_reason or self.drain_reason or "exit", len(held))

@@ -13,9 +13,13 @@ hop                    transport                                   who starts it
 =====================  ==========================================  =============================
 client <-> interchange Unix socketpair, inherited by the child     the client spawns the
                        (``faasx.executor.channel``)                interchange (``spawn``)
-interchange <-> mgr    ZeroMQ: manager DEALER -> interchange       the manager connects
-                       ROUTER, TCP (CurveZMQ when encrypted) or
-                       ipc in the abstract namespace (same host)
+interchange <-> mgr    on the interchange's host: a Unix socket    the manager connects
+                       file in the run's 0700 directory, Channel
+                       framing (``faasx.executor.direct``);
+                       elsewhere ZeroMQ: manager DEALER ->
+                       interchange ROUTER, TCP (CurveZMQ when
+                       encrypted; ipc, a socket file in the run
+                       directory, when direct links are off)
 manager <-> worker     Unix socketpair inherited by the worker, or  the manager starts workers
                        a Unix socket a container worker connects to
 =====================  ==========================================  =============================
@@ -41,8 +45,15 @@ sends starts with the identity of the manager it is for::
     ROUTER side:  [manager id, header, payload...]        DEALER side:  [header, payload...]
 
 The ROUTER uses ``ROUTER_MANDATORY`` (a send to a manager whose connection is gone fails, and the
-interchange then removes that manager) and ``ROUTER_HANDOVER`` (a manager that reconnects with the
-same identity takes over its old route).
+interchange then removes that manager) and has ``ROUTER_HANDOVER`` off: manager ids are public (they
+name log files), so a second connection presenting a registered id must not take over its route.
+
+On a direct link (a manager on the interchange's host) the messages are those of the DEALER side,
+in ``Channel`` framing.  The first message on a link MUST be REGISTER; its ``manager_id`` is the
+link's identity from then on.  The interchange MUST check the peer's uid (``SO_PEERCRED``: the run's
+user or root) before reading, and MUST refuse (REFUSED, then close) a first message that is not a
+REGISTER or names an id already connected on any link; it drops a ZeroMQ message that names a
+directly linked manager.  A link that closes removes its manager at once.
 
 The header is msgpack, which cannot execute code when decoded: a hostile or corrupt header can at
 worst be rejected (``ProtocolError``).  A receiver MUST reject a header that is not a 3-element

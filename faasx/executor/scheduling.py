@@ -133,6 +133,7 @@ class ManagerRecord:
             "active": self.active,
             "warm": sorted(self.warm),
             "walltime_left": self.ends_at - now if self.ends_at != inf else None,
+            "link": self.info.get("link"),        # "direct" (a same-host socket) or "zmq"
         }
 
 

@@ -82,6 +82,24 @@ def pinned(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def pinned_zmq(tmp_path_factory):
+    """Pinned, with the same-host manager on ZeroMQ's ipc transport instead of its direct link."""
+    run_dir = str(tmp_path_factory.mktemp("engine_cpu0_zmq"))
+    os.environ["FAASX_DIRECT_LINKS"] = "0"      # read by the interchange, which inherits it at start
+    try:
+        ex = start(run_dir, engine_cpu=0)
+    finally:
+        del os.environ["FAASX_DIRECT_LINKS"]
+    yield ex, run_dir
+    stop(ex, run_dir)
+
+
+def manager_log(ex) -> str:
+    return "".join(open(os.path.join(ex.executor.worker_logdir, f)).read()
+                   for f in os.listdir(ex.executor.worker_logdir) if f.startswith("manager_"))
+
+
+@pytest.fixture(scope="module")
 def unpinned(tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("engine_cpu_none"))
     ex = start(run_dir, engine_cpu=None)
@@ -100,16 +118,21 @@ def test_pinned_executor_runs_tasks_and_launches_its_manager_with_engine_cpu(pin
     assert cmd[cmd.index("--engine-cpu") + 1] == "0"
 
 
-def test_every_thread_of_the_manager_is_pinned_to_the_engine_cpu(pinned):
-    ex, run_dir = pinned
+@pytest.mark.parametrize("link", ["direct", "zmq"])
+def test_every_thread_of_the_manager_is_pinned_to_the_engine_cpu(link, request):
+    ex, run_dir = request.getfixturevalue("pinned" if link == "direct" else "pinned_zmq")
     assert ex.submit(pow, 3, 3).result(timeout=30) == 27    # registered and relaying: all threads exist
     [manager] = processes_named(run_dir, "faasx-manager")
     seen = threads(manager.pid)
     names = sorted(name for name, _ in seen.values())
-    assert any(n.startswith("ZMQbg") for n in names), names     # libzmq's I/O and reaper threads are checked too
+    log = manager_log(ex)
+    if link == "direct":     # on its direct link the manager has no libzmq threads at all
+        assert "registering with the interchange at direct:" in log, log
+        assert names == ["faasx-manager"], names
+    else:
+        assert "registering with the interchange at ipc://" in log, log
+        assert any(n.startswith("ZMQbg") for n in names), names     # libzmq's I/O and reaper threads are checked too
     assert {tid: cpus for tid, (_, cpus) in seen.items()} == {tid: {0} for tid in seen}, seen
-    log = "".join(open(os.path.join(ex.executor.worker_logdir, f)).read()
-                  for f in os.listdir(ex.executor.worker_logdir) if f.startswith("manager_"))
     assert f"manager pinned to CPU 0; workers get cpus {affinity.format_cpus(ORIGINAL)}" in log
 
 

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from faasx.errors import WorkerLost
 from faasx.executor import protocol as P
+from faasx.executor.direct import direct_path
 from faasx.executor.serialization import serialize
 
 from .conftest import shared_executor, interchange_log, log_text, wait_until
@@ -196,6 +197,42 @@ def test_fuzzed_frames_are_counted_and_the_executor_keeps_serving(ex, zctx, port
            tasks_lost=0, tasks_duplicated=0)
 
 
+def test_fuzzed_streams_on_the_direct_socket_never_register_or_harm_the_executor(ex, report):
+    """The direct socket (same-host managers, ``faasx.executor.direct``), fed by a process of the run's own
+    user -- another user cannot connect at all: each example is a fresh connection carrying one fuzzed
+    message in the link's framing, or raw bytes, then closed.  Nothing registers, no task is queued, the
+    real manager keeps its link and the executor keeps serving."""
+    import socket as _socket
+    from faasx.executor.channel import Channel
+    healthy(ex)
+    before = stats(ex)
+    path = direct_path(ex.executor._client.ports["manager_ipc"])
+    sent = {"framed": 0, "raw": 0}
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), derandomize=False)
+    @given(msg=messages(), raw=st.booleans(), junk=st.binary(min_size=1, max_size=128))
+    def fuzz(msg, raw, junk):
+        with _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(path)
+            if raw:
+                s.sendall(junk)
+            else:
+                Channel(s).send([bytes(f) for f in msg])
+        sent["raw" if raw else "framed"] += 1
+
+    fuzz()
+    healthy(ex)
+    after = stats(ex)
+    assert after["managers"] == before["managers"] and after["managers_registered"] == before["managers_registered"]
+    assert after["tasks_received"] == before["tasks_received"] + 50, "no task from a stranger was queued"
+    assert [m["link"] for m in ex.executor.connected_managers()] == ["direct"]
+    assert ex.executor._client.ic_proc.poll() is None
+    report("fuzz_direct_socket", connections=sent["framed"] + sent["raw"], **sent,
+           refused=after["direct_refused"] + after["managers_refused"] - before["direct_refused"]
+           - before["managers_refused"], crashes=0)
+
+
 def test_oversized_frames_are_dropped_by_the_transport(ex, zctx):
     healthy(ex)
     before = stats(ex)
@@ -222,10 +259,10 @@ def test_the_client_side_of_the_interchange_is_not_reachable_from_outside(ex):
     ports = ex.executor._client.ports
     listening = {c.laddr.port for c in ic.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
     assert listening == {ports["manager_port"]}, listening
-    # named Unix sockets: only the manager port's own ipc socket (a file in the 0700 run dir) for managers
-    # on this host
+    # named Unix sockets: only the manager port's own ipc socket and the direct socket beside it (files in
+    # the 0700 run dir) for managers on this host
     named = {c.laddr for c in ic.net_connections(kind="unix") if c.laddr}
-    assert named == {ports["manager_ipc"]}, named
+    assert named == {ports["manager_ipc"], direct_path(ports["manager_ipc"])}, named
     assert set(ports) == {"manager_port", "manager_ipc"}
 
 

@@ -2,16 +2,27 @@
 socket in the run's 0700 directory, never the abstract namespace other users can reach) instead of TCP: the same ROUTER socket, so registration, tokens and CurveZMQ
 apply unchanged.  A manager that cannot connect to the endpoint (another network namespace, a
 container, another host) uses TCP.  Real processes, real sockets; the encryption case starts
-managers by hand with the executor's own launch command."""
+managers by hand with the executor's own launch command.
+
+A manager on the interchange's host uses its direct link first (``faasx.executor.direct``,
+``tests/engine/test_direct_link.py``); these tests turn direct links off (``FAASX_DIRECT_LINKS=0``)
+to test the ipc transport that the direct link otherwise replaces."""
 from __future__ import annotations
 
 import os
+
+import pytest
 
 from faasx.providers import LocalProvider
 
 from .conftest import log_text, wait_until
 
 HB = dict(heartbeat_period=0.5, heartbeat_threshold=4)
+
+
+@pytest.fixture(autouse=True)
+def no_direct_links(monkeypatch):
+    monkeypatch.setenv("FAASX_DIRECT_LINKS", "0")      # read by each interchange these tests start
 
 
 def manager_logs(ex) -> str:

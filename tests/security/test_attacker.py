@@ -50,6 +50,10 @@ def test_another_local_user_gets_no_task_and_runs_no_code(encrypted, attacker_re
     assert report["uid"] != 0
     # the attack was real: it found the interchange's endpoints and the manager's (public) identity
     assert any(e.startswith("tcp://") for e in report["endpoints"]), summary
+    # the same-host sockets (ZeroMQ's ipc one and the managers' direct one) are found but not reachable
+    local = {e: reach for e, reach in report["endpoints"].items() if e.startswith("ipc://")}
+    assert any(e.endswith(".link") for e in local) and any(e.endswith(".sock") for e in local), summary
+    assert all("PermissionError" in reach for reach in local.values()), summary
     assert report["identities"], summary
     assert report["sent_register"] >= len(report["endpoints"]) * 2, summary
     # ... and it got nothing
@@ -66,8 +70,9 @@ def test_another_local_user_gets_no_task_and_runs_no_code(encrypted, attacker_re
 
 def test_a_second_connection_with_a_managers_identity_does_not_take_it_over(umask_zero, open_dir):
     """Even a peer holding the run's keys and token (the strongest impostor: say, a compromised node of
-    the same run) cannot take over a registered manager's connection by presenting its identity: ZeroMQ's
-    router handover is off, so the duplicate is dropped and every task still runs on the real manager."""
+    the same run) cannot take over a registered manager's connection by presenting its identity: the real
+    manager is on its direct link (a same-host socket), so the interchange drops any ZeroMQ message naming
+    it (and between ZeroMQ connections router handover is off); every task still runs on the real manager."""
     run_dir = os.path.join(open_dir, "run")
     with faasx.Executor(max_workers_per_node=1, prefetch_capacity=0, run_dir=run_dir, encrypted=True,
                         **HB) as ex:
