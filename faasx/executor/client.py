@@ -94,7 +94,13 @@ _STOP = object()             # what an I/O step returns when the loop is to end 
 
 
 class TaskFuture(Future):
-    """A Future for one task; ``parsl_executor_task_id`` is its task id in every log line."""
+    """A Future for one task; ``parsl_executor_task_id`` is its task id in every log line.
+
+    ``_on_result``: called by the I/O thread when the task's result arrives, before the future is
+    settled (and before the caller waiting on it wakes): the executor recycles the task's shared
+    argument file there, so the caller's next submit finds it."""
+
+    _on_result: Optional[Callable[[], None]] = None
 
     def __init__(self, tid: int, client: "EngineClient"):
         super().__init__()
@@ -765,6 +771,8 @@ class EngineClient:
                 continue
             if memo_keys:
                 self._remember(res)
+            if fut._on_result is not None:
+                fut._on_result()
             try:
                 _settle(fut, res)
             except InvalidStateError:  # cancelled by the user meanwhile

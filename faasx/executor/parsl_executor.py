@@ -469,11 +469,24 @@ class FaaSExecutor(BlockProviderExecutor, RepresentationMixin):
             fut = self._client.submit(fid, code, kind, spec, payload)
         except BaseException:
             if shared:
-                payloads.release(payload)
+                self._release_arguments({"payload": payload})
             raise
         if shared:
-            fut.add_done_callback(lambda _f: payloads.release(payload))
+            box = {"payload": payload}      # released once: by whichever of the two runs first
+            fut._on_result = lambda: self._release_arguments(box)          # the result is in
+            fut.add_done_callback(lambda _f: self._release_arguments(box))  # any other end
         return fut
+
+    def _release_arguments(self, box: dict) -> None:
+        """A task's shared argument file is done with: the writer recycles it or unlinks it."""
+        payload = box.pop("payload", None)      # atomic: the I/O thread and a cancelling thread may race
+        if payload is None:
+            return
+        writer = self._shm_writer
+        if writer is not None:
+            writer.release(payload)
+        else:
+            payloads.release(payload)
 
     def function_for(self, func: Union[Callable, str]) -> Tuple[bytes, Optional[bytes], Optional[dict], bool]:
         """(function id, code, routing spec, memoize) for a callable or a registered function id;

@@ -236,6 +236,8 @@ class Worker:
                     status, data = self.execute(task)
             else:
                 status, data = self.execute(task)
+            if payloads.held():
+                payloads.release_mappings()   # before the result: the client may then reuse the argument file
             if self.debug:
                 logger.debug("task %d: done (status %d, %d bytes)", tid, status, len(data))
             flusher.add(tid, status, data, more=i + 1 < n)

@@ -203,3 +203,36 @@ def test_a_manager_from_another_host_gets_inline_payloads(tmp_path):
         y = ex.submit(inc, x).result(timeout=60)
         assert np.array_equal(y, x + 1) and where(y) != "mmap"           # and the result came inline
         empty(ex)                                                         # the client released its file
+
+
+def keep_argument(x):
+    """Runs on the worker: keep the argument (a view of its shared file) beyond the task."""
+    global KEPT
+    KEPT = x
+    return int(x[0])
+
+
+def kept_argument():
+    return int(KEPT.min()), int(KEPT.max())
+
+
+def test_argument_files_are_reused_but_never_one_a_function_still_holds(tmp_path):
+    """Argument files are written again for later tasks (``payloads.Recycler``), never while a worker
+    still maps one: here a function keeps its argument in a global, ten more tasks go through the
+    same single worker with two in flight (so files are recycled), and the kept array still holds
+    its own values.  Without the shared lock the first file would be rewritten under it."""
+    n = 4 * BIG
+    with faasx.Executor(max_workers_per_node=1, run_dir=str(tmp_path), **FAST_HEARTBEATS) as ex:
+        recycler = ex.executor._shm_writer.recycled
+        # two in flight from the start: when the keeper's task is done its file would be recycled
+        kept = ex.submit(keep_argument, np.full(n, 7, np.uint8))
+        futures = [ex.submit(inc, np.full(n, 0, np.uint8))]
+        assert kept.result(timeout=60) == 7
+        for i in range(1, 11):
+            futures.append(ex.submit(inc, np.full(n, i, np.uint8)))
+            done = futures.pop(0)
+            assert np.array_equal(done.result(timeout=60), np.full(n, i, np.uint8)), i   # its own arguments + 1
+        assert np.array_equal(futures[0].result(timeout=60), np.full(n, 11, np.uint8))
+        assert recycler.reused > 0, "no argument file was reused: the test would prove nothing"
+        assert ex.submit(kept_argument).result(timeout=60) == (7, 7)
+        wait_until(lambda: not os.listdir(ex.executor._shm.path) or None, 10, "the shm directory to empty")
