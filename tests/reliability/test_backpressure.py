@@ -34,69 +34,95 @@ def rss(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / MB
 
 
-def test_interchange_and_manager_memory_stay_bounded_under_a_flood(make_executor, report):
-    ex = make_executor(max_workers_per_node=1, heartbeat_period=1, heartbeat_threshold=10)
-    client = ex.executor._client
-    window = client.window
-    ic_pid = client.ic_proc.pid
-    wait_until(lambda: ex.executor.connected_managers(), 30, what="the manager to register")
-    manager_pid = engine_procs(ex, "faasx-manager")[0].pid
-
+def slow_task():
+    """A task of 1 ms, defined in a function so that it travels by value (dill), not by module name."""
     def slow(i):
         import time
         time.sleep(0.001)
         return i
+    return slow
 
-    assert ex.submit(slow, -1).result(timeout=30) == -1      # function shipped, everything warm
-    base = {"client": rss(os.getpid()), "interchange": rss(ic_pid), "manager": rss(manager_pid)}
-    samples = []
-    futures = []
+
+def memory(pids: dict) -> dict:
+    return {f"{role}_mb": rss(pid) for role, pid in pids.items()}
+
+
+def sample(ex, window: int, submitted: int, pids: dict) -> dict:
+    """One sample while flooding; asserts the bounds that must hold at every moment."""
+    st = ex.executor.interchange_stats()
+    managers = ex.executor.connected_managers()
+    held = max((m["tasks"] for m in managers), default=0)
+    workers = max((m["worker_count"] for m in managers), default=0)
+    assert st["tasks"] <= window, f"the interchange holds {st['tasks']} tasks, over the window of {window}"
+    assert ex.executor._client._in_flight <= window
+    assert held <= workers * (1 + MAX_PREFETCH_PER_WORKER)
+    return {"submitted": submitted, "at_interchange": st["tasks"], "manager_held": held,
+            "advertised": [(m["worker_count"], m["capacity"]) for m in managers], **memory(pids)}
+
+
+def flood(ex, slow, window: int, pids: dict):
+    """Submit N tasks in six steps, sampling after each; returns (futures, samples, seconds)."""
+    samples, futures = [], []
     t0 = time.monotonic()
     step = max(1, N // 6)
     for start in range(0, N, step):
         futures += [ex.submit(slow, i) for i in range(start, min(N, start + step))]
-        st = ex.executor.interchange_stats()
-        managers = ex.executor.connected_managers()
-        held = max((m["tasks"] for m in managers), default=0)
-        workers = max((m["worker_count"] for m in managers), default=0)
-        capacity = workers * (1 + MAX_PREFETCH_PER_WORKER)
-        samples.append({"submitted": len(futures), "at_interchange": st["tasks"], "manager_held": held,
-                        "advertised": [(m["worker_count"], m["capacity"]) for m in managers],
-                        "client_mb": rss(os.getpid()), "interchange_mb": rss(ic_pid),
-                        "manager_mb": rss(manager_pid)})
-        assert st["tasks"] <= window, f"the interchange holds {st['tasks']} tasks, over the window of {window}"
-        assert client._in_flight <= window
-        assert held <= capacity
-    submit_seconds = time.monotonic() - t0
-    # the window fills up: the interchange holds (close to) window tasks, the rest wait in the client
-    full = wait_until(lambda: (lambda s: s if s["tasks"] >= min(window, N) * 0.9 else None)(
-        ex.executor.interchange_stats()), 60, what="the interchange's window to fill")
-    final = {"client_mb": rss(os.getpid()), "interchange_mb": rss(ic_pid), "manager_mb": rss(manager_pid)}
-    done = sum(f.done() for f in futures)
-    assert done < N / 2, "the workers were meant to be the bottleneck"
+        samples.append(sample(ex, window, len(futures), pids))
+    return futures, samples, time.monotonic() - t0
 
-    # bounded: once the window is full the interchange does not grow with what the client queues
+
+def window_filled(ex, window: int) -> dict:
+    def full():
+        st = ex.executor.interchange_stats()
+        return st if st["tasks"] >= min(window, N) * 0.9 else None
+    return wait_until(full, 60, what="the interchange's window to fill")
+
+
+def assert_bounded(base: dict, final: dict, samples: list, window: int) -> None:
+    """Once the window is full the interchange does not grow with what the client queues."""
     window_full = [s for s in samples if s["submitted"] >= window]
     if len(window_full) >= 2:
         growth = final["interchange_mb"] - window_full[0]["interchange_mb"]
         assert growth < 64, f"interchange grew {growth:.0f} MB while only the client's outbox grew: {samples}"
-    assert final["interchange_mb"] - base["interchange"] < 400, (base, final)
-    assert final["manager_mb"] - base["manager"] < 100, (base, final)
+    assert final["interchange_mb"] - base["interchange_mb"] < 400, (base, final)
+    assert final["manager_mb"] - base["manager_mb"] < 100, (base, final)
+
+
+def outcomes(futures: list) -> tuple:
+    """(completed, the indices of wrong results) once every future is done."""
+    ok = [i for i, f in enumerate(futures) if not f.cancelled() and f.exception(timeout=0) is None]
+    return len(ok), [i for i in ok if futures[i].result(timeout=0) != i]
+
+
+def test_interchange_and_manager_memory_stay_bounded_under_a_flood(make_executor, report):
+    ex = make_executor(max_workers_per_node=1, heartbeat_period=1, heartbeat_threshold=10)
+    client = ex.executor._client
+    window = client.window
+    wait_until(lambda: ex.executor.connected_managers(), 30, what="the manager to register")
+    pids = {"client": os.getpid(), "interchange": client.ic_proc.pid,
+            "manager": engine_procs(ex, "faasx-manager")[0].pid}
+    slow = slow_task()
+    assert ex.submit(slow, -1).result(timeout=30) == -1      # function shipped, everything warm
+    base = memory(pids)
+    futures, samples, submit_seconds = flood(ex, slow, window, pids)
+    # the window fills up: the interchange holds (close to) window tasks, the rest wait in the client
+    full = window_filled(ex, window)
+    final = memory(pids)
+    assert sum(f.done() for f in futures) < N / 2, "the workers were meant to be the bottleneck"
+    assert_bounded(base, final, samples, window)
 
     t1 = time.monotonic()
     ex.shutdown(wait=True, cancel_futures=True)
     shutdown_seconds = time.monotonic() - t1
     assert shutdown_seconds < 30
     assert all(f.done() for f in futures)
-    completed = sum(1 for f in futures if not f.cancelled() and f.exception(timeout=0) is None)
-    wrong = [i for i, f in enumerate(futures) if not f.cancelled() and f.exception(timeout=0) is None
-             and f.result(timeout=0) != i]
+    completed, wrong = outcomes(futures)
     assert not wrong
     report(f"backpressure_{N}", tasks_submitted=N, window=window, submit_seconds=round(submit_seconds, 1),
            submits_per_second=round(N / submit_seconds), held_at_interchange=full["tasks"],
            completed_before_cancel=completed,
-           client_rss_mb=[round(base["client"]), round(final["client_mb"])],
-           interchange_rss_mb=[round(base["interchange"]), round(final["interchange_mb"])],
-           manager_rss_mb=[round(base["manager"]), round(final["manager_mb"])],
-           client_bytes_per_queued_task=round((final["client_mb"] - base["client"]) * MB / N),
+           client_rss_mb=[round(base["client_mb"]), round(final["client_mb"])],
+           interchange_rss_mb=[round(base["interchange_mb"]), round(final["interchange_mb"])],
+           manager_rss_mb=[round(base["manager_mb"]), round(final["manager_mb"])],
+           client_bytes_per_queued_task=round((final["client_mb"] - base["client_mb"]) * MB / N),
            shutdown_cancel_seconds=round(shutdown_seconds, 2), samples=samples)
