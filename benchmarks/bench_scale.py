@@ -96,7 +96,7 @@ def _cpu(procs) -> float:
     total = 0.0
     for p in procs:
         try:
-            total += sum(p.cpu_times()[:2])
+            total += C.process_cpu(p)
         except psutil.Error:
             pass
     return total

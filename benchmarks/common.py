@@ -10,7 +10,7 @@ from benchmarks.harness.child import (SETTINGS, TAG_ENV, add_common_args, child_
 from benchmarks.harness.load import BUSY_CPU_PERCENT, machine_load, wait_for_quiet  # noqa: F401
 from benchmarks.harness.peers import (System, make_faas_executor, make_htex, parsl_cleanup, parsl_load,  # noqa: F401
                                       wait_all)
-from benchmarks.harness.procs import RssPeak, cpu_delta, process_roles, tree_cpu, tree_rss  # noqa: F401
+from benchmarks.harness.procs import RssPeak, cpu_delta, process_cpu, process_roles, tree_cpu, tree_rss  # noqa: F401
 from benchmarks.harness.report import (BENCH_DIR, REPO_ROOT, RESULTS_DIR, busy_note, finish, fmt_mib,  # noqa: F401
                                        fmt_ms, fmt_rate, fmt_ratio, fmt_s, fmt_us, machine_info, print_table,
                                        write_results)
@@ -51,6 +51,7 @@ __all__ = [
     "parsl_load",
     "percentile",
     "print_table",
+    "process_cpu",
     "process_roles",
     "ratio",
     "rss_bytes",

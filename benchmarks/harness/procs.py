@@ -83,9 +83,30 @@ def _sum_by_role(measure) -> dict:
     return out
 
 
+def process_cpu(p) -> float:
+    """CPU seconds (user+system) ``p`` has used: from the scheduler's nanosecond counters of each of
+    its threads (``/proc/<pid>/task/*/schedstat``) where there are, else ``cpu_times()``, whose
+    10 ms ticks are too coarse for a cell of a thousand tasks (one tick = 9.8 us per task).  Threads
+    that ended are not in the first (the engine's threads live as long as their process)."""
+    import os
+    total, found = 0, False
+    try:
+        tids = os.listdir(f"/proc/{p.pid}/task")
+    except OSError:
+        tids = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{p.pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+            found = True
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9 if found else sum(p.cpu_times()[:2])
+
+
 def tree_cpu() -> dict:
     """CPU seconds (user+system) used so far by this process and by each role among those it started."""
-    return _sum_by_role(lambda p: sum(p.cpu_times()[:2]))
+    return _sum_by_role(process_cpu)
 
 
 def tree_rss() -> dict:
