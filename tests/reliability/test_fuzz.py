@@ -71,7 +71,7 @@ def inject(ex, frames) -> None:
     client._wake()     # whatever the link did not take now, the I/O thread flushes
 
 
-CLIENT_MESSAGES = {P.TASKS, P.FUNCS, P.HEARTBEAT, P.CANCEL, P.COMMAND, P.SHUTDOWN}
+CLIENT_MESSAGES = {P.TASKS, P.FUNCS, P.HEARTBEAT, P.CANCEL, P.TERMINATE, P.COMMAND, P.SHUTDOWN}
 
 
 def acted_on_from_client(frames) -> bool:
