@@ -169,7 +169,6 @@ class Interchange:
         if not self.client_ready:
             self._greet_client(msg_type, body, now)
             return
-        self.last_client = now
         handler = self._client_handlers.get(msg_type)
         try:
             if handler is None:
@@ -183,7 +182,6 @@ class Interchange:
         """Before a valid HELLO nothing else is accepted, and nothing is answered."""
         if msg_type == P.HELLO and P.hello_token(body) == self.token:
             self.client_ready = True
-            self.last_client = now
             self._send_client(P.pack_welcome(self.versions))
             logger.info("client connected")
         else:
@@ -197,7 +195,7 @@ class Interchange:
         self.codes.update(P.parse_funcs(body, payloads))
 
     def _on_client_heartbeat(self, body, payloads, now: float) -> None:
-        pass    # last_client is updated for every message
+        pass    # the client's liveness is its end of the link and its process (_check_client), never silence
 
     def _on_client_cancel(self, body, payloads, now: float) -> None:
         tids = P.parse_cancel(body)
@@ -489,7 +487,6 @@ class Interchange:
             self.direct.attach(poller)
         writing = False
         now = time.monotonic()
-        self.last_client = now
         last_hb = now
         while self.running:
             if link.wants_write() != writing:
