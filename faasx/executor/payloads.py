@@ -509,7 +509,9 @@ def _views(base: Any, spans: Sequence[list]) -> List[memoryview]:
             for off, length, readonly in spans]
 
 
-_held: List[Tuple[mmap.mmap, int]] = []    # this process's mapped argument files and their locked fds
+# this process's mapped argument files and their locked fds; a worker's main thread (the one that runs
+# tasks) owns it: ``load`` appends, ``release_mappings`` after each task removes
+_held: List[Tuple[mmap.mmap, int]] = []
 
 
 def _map_argument(path: str, size: int, nonce: bytes) -> mmap.mmap:
