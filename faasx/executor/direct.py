@@ -193,8 +193,14 @@ class DirectLinks:
         logger.debug("direct link of manager %r closed (%s)", link.mid, why)
         return [link.mid]
 
-    def close(self) -> None:
+    def close(self, deadline: float) -> None:
+        """At exit: what is queued for each link (the SHUTDOWNs) gets until ``deadline``
+        (``time.monotonic()``) to leave, as ZeroMQ's LINGER gives the ROUTER's; then all is closed."""
         for fd, link in list(self.by_fd.items()):
+            try:
+                link.chan.flush_until(deadline)
+            except OSError:
+                pass
             self._close(fd, link, "interchange exiting")
         self.listener.close()
         try:

@@ -541,8 +541,8 @@ class Interchange:
         threshold)."""
         links = self.direct
         in_use = self.scheduler.managers.__contains__
-        for fd, event in events.items():
-            if not isinstance(fd, int) or not links.owns(fd):
+        for fd, event in events.items():      # the client link's fd and the ROUTER are not ``owns``
+            if not links.owns(fd):
                 continue
             messages, closed = links.serve(fd, event, in_use)
             for frames in messages:
@@ -628,8 +628,7 @@ class Interchange:
         self.managers.setsockopt(zmq.LINGER, 1000)
         self.managers.close()
         if self.direct is not None:
-            self._flush_direct(time.monotonic() + 1.0)
-            self.direct.close()
+            self.direct.close(time.monotonic() + 1.0)
         try:    # best effort at exit: let the client have the results still queued for it
             if not self.link.flush_until(time.monotonic() + 2.0):
                 logger.warning("exiting with %d bytes for the client unsent", self.link.queued_bytes())
@@ -646,15 +645,6 @@ class Interchange:
             except OSError:
                 pass
         logger.info("interchange stopped: %s", self.stats)
-
-
-    def _flush_direct(self, deadline: float) -> None:
-        """Best effort at exit, as ZeroMQ's LINGER does for the others: the SHUTDOWNs just queued."""
-        for link in list(self.direct.by_fd.values()):
-            try:
-                link.chan.flush_until(deadline)
-            except OSError:
-                pass
 
 
 def main(argv=None) -> int:

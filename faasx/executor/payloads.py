@@ -413,7 +413,7 @@ class Recycler:
 
     def keep(self, payload: Any) -> bool:
         """Keep the argument file of ``payload`` if no reader has it mapped; False: unlink it."""
-        path = _argument_file(payload)
+        path = _file_of(payload, recyclable=True)
         if path is None:
             return False
         with self.lock:
@@ -492,15 +492,39 @@ def _open_private(path: str) -> int:
     return fd
 
 
-def _map(path: str, size: int) -> mmap.mmap:
+def _map(path: str, size: int, nonce: Optional[bytes] = None) -> mmap.mmap:
+    """Map a payload file copy-on-write.  An argument file (``nonce``: the client may recycle it) is
+    mapped under a shared ``flock``, held until ``release_mappings`` sees the mapping unused, and
+    refused if the client has recycled it for another payload since (``Recycler``)."""
     fd = _open_private(path)
     try:
+        if nonce is not None:
+            _lock_shared(fd, path)
         if os.fstat(fd).st_size < size:
             raise SharedPayloadError(f"shared payload {path} is truncated ({os.fstat(fd).st_size} < {size} bytes)")
         # copy-on-write: the reader may write into its arrays (as into unpickled ones); nobody else sees it
-        return mmap.mmap(fd, size, access=mmap.ACCESS_COPY) if size else None
-    finally:
+        mapping = mmap.mmap(fd, size, access=mmap.ACCESS_COPY) if size else None
+        if nonce is not None and (mapping is None or mapping[:NONCE] != nonce):
+            if mapping is not None:
+                mapping.close()
+            raise SharedPayloadError(f"the shared payload {path} is gone: its task has finished or was "
+                                     "cancelled, and the file holds another payload now")
+    except BaseException:
         os.close(fd)
+        raise
+    if nonce is None:
+        os.close(fd)
+    else:
+        _held.append((mapping, fd))       # the fd keeps the shared lock
+    return mapping
+
+
+def _lock_shared(fd: int, path: str) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:               # the client holds it: kept for reuse, its task is over
+        raise SharedPayloadError(f"the shared payload {path} is gone: its task has finished or was "
+                                 "cancelled") from None
 
 
 def _views(base: Any, spans: Sequence[list]) -> List[memoryview]:
@@ -512,30 +536,6 @@ def _views(base: Any, spans: Sequence[list]) -> List[memoryview]:
 # this process's mapped argument files and their locked fds; a worker's main thread (the one that runs
 # tasks) owns it: ``load`` appends, ``release_mappings`` after each task removes
 _held: List[Tuple[mmap.mmap, int]] = []
-
-
-def _map_argument(path: str, size: int, nonce: bytes) -> mmap.mmap:
-    """Map an argument file under a shared ``flock`` (held until ``release_mappings`` sees the mapping
-    unused), refusing one that the client has recycled for another payload since (``Recycler``)."""
-    fd = _open_private(path)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        if os.fstat(fd).st_size < size:
-            raise SharedPayloadError(f"shared payload {path} is truncated ({os.fstat(fd).st_size} < {size} bytes)")
-        mapping = mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
-    except BaseException as e:
-        os.close(fd)
-        if isinstance(e, BlockingIOError):
-            raise SharedPayloadError(f"the shared payload {path} is gone: its task has finished or was "
-                                     "cancelled") from None
-        raise
-    if mapping[:NONCE] != nonce:
-        mapping.close()
-        os.close(fd)
-        raise SharedPayloadError(f"the shared payload {path} is gone: its task has finished or was cancelled, "
-                                 "and the file holds another payload now")
-    _held.append((mapping, fd))
-    return mapping
 
 
 def held() -> bool:
@@ -564,10 +564,7 @@ def load(payload: Any, loads: Callable[..., Any] = pickle.loads) -> Any:
     header, data, end = _unpack(payload)
     if payload[:1] == CODEC_SHARED:
         path = header["p"]
-        if "g" in header:                 # an argument file, which the client may recycle
-            mapping = _map_argument(path, header["s"], header["g"])
-        else:
-            mapping = _map(path, header["s"])
+        mapping = _map(path, header["s"], header.get("g"))    # "g": an argument file, recyclable
         if header["c"]:
             _unlink(path)                 # the one reader has it mapped: the name is no longer needed
         return loads(data, buffers=_views(mapping, header["b"]))
@@ -601,18 +598,14 @@ def to_keep(payload: Any) -> Optional[bytes]:
 
 def release(payload: Any) -> None:
     """Unlink the file of an S payload (the owner's job: the client, once the task's future is done)."""
-    if payload[:1] == CODEC_SHARED:
-        try:
-            header, _, _ = _unpack(payload)
-        except Exception:
-            return
-        path = header.get("p")
-        if isinstance(path, str) and _FILE_NAME.match(os.path.basename(path)):
-            _unlink(path)
+    path = _file_of(payload)
+    if path is not None:
+        _unlink(path)
 
 
-def _argument_file(payload: Any) -> Optional[str]:
-    """The path of an S argument payload's file (a recyclable one: it has a nonce), else None."""
+def _file_of(payload: Any, recyclable: bool = False) -> Optional[str]:
+    """The path of an S payload's file (with ``recyclable``: only an argument file, which has a
+    nonce), or None: not an S payload, or its header is not one of ours."""
     if payload[:1] != CODEC_SHARED:
         return None
     try:
@@ -620,9 +613,9 @@ def _argument_file(payload: Any) -> Optional[str]:
     except Exception:
         return None
     path = header.get("p")
-    if "g" not in header or not isinstance(path, str) or not _FILE_NAME.match(os.path.basename(path)):
+    if not isinstance(path, str) or not _FILE_NAME.match(os.path.basename(path)):
         return None
-    return path
+    return path if "g" in header or not recyclable else None
 
 
 def reply_writer(args_payload: Any, max_size: int, shm_dir: Optional[str] = None) -> Optional[Writer]:
